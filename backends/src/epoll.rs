@@ -1,42 +1,693 @@
-//! PLACEHOLDER: being implemented.
-#![allow(unused_variables, missing_docs, clippy::missing_safety_doc)]
+//! The epoll driver: readiness, then a non-blocking syscall; a thread pool for regular files.
+//!
+//! It gives the same completion contract as the io_uring driver (see the crate docs): every
+//! pushed operation yields exactly one final completion (I1), also when cancelled or at
+//! shutdown.
+//!
+//! # Mechanism
+//!
+//! * One **level-triggered** epoll set (`EPOLL_CLOEXEC`). The [`Waker`]'s eventfd sits in it
+//!   under a reserved token; the pool's finished jobs wake the loop through the same eventfd.
+//! * A **per-fd table** (indexed by fd): the fd's class (`fstat` + `fcntl`, computed on first
+//!   use and cached), the operations waiting for it with the poll bits each one needs, and what
+//!   is registered in epoll. Registrations are **lazy**: a change of waiters marks the fd dirty,
+//!   and the next [`Epoll::wait`] issues one `epoll_ctl` (ADD, MOD or DEL) per dirty fd whose
+//!   interest really changed. A one-shot poll re-armed from its completion handler costs no
+//!   syscall. An fd nobody waits for is removed from the set (level-triggered epoll would
+//!   otherwise report its HUP or ERR forever).
+//! * **Stream operations** (pipes, sockets, ttys, eventfd …) are tried as a syscall when pushed;
+//!   on `EAGAIN` the operation waits for `IN` (reads, recv, accept) or `OUT` (writes, send,
+//!   connect) and is retried when the fd reports. Sockets are always used with `MSG_DONTWAIT`;
+//!   `Send`/`SendMsg` also get `MSG_NOSIGNAL`. `Connect` waits for `OUT` after `EINPROGRESS` and
+//!   completes with `SO_ERROR`. A read (or write) pushed while an older one waits on the same
+//!   fd queues behind it, so that they complete in the order they were pushed.
+//! * **Blocking fds** (no `O_NONBLOCK`) must not block the loop thread (I5): a read on a blocking
+//!   pipe or tty waits for `IN`, then reads with `preadv2(RWF_NOWAIT)` where the kernel supports
+//!   it, else with a plain read, once per readiness report. An accept on a blocking listener
+//!   waits for `IN` first too. Writes to blocking pipes and ttys, and connects on blocking
+//!   sockets, go to the pool.
+//! * **Regular files** cannot be polled (epoll refuses them with `EPERM`): their reads and
+//!   writes, every positional operation and `Fsync` run on a small thread pool
+//!   (module `epoll/files.rs`). That is the honest fallback for files on epoll. Positional reads
+//!   first try `preadv2(RWF_NOWAIT)` on the loop thread, which succeeds when the data is cached.
+//!   An fd that epoll refuses is treated as always ready, as `poll(2)` does: a one-shot `Poll`
+//!   completes at once with the `IN`/`OUT` bits asked for, a multishot one reports them once.
+//!
+//! # Caveats
+//!
+//! * **Level-triggered**: a multishot `Poll` reports on every `wait` while its condition holds
+//!   (io_uring reports once per wake-up). A sysfs/kernfs fd polled for `PRIORITY` keeps
+//!   reporting until it is re-read from offset 0.
+//! * **`O_NONBLOCK` belongs to the open file description**, shared with every dup and with other
+//!   processes. The driver never changes it; it reads it once per fd and caches it with the
+//!   fd's class. Change it only while nothing is in flight on the fd, then call
+//!   [`Epoll::cancel_fd`] so it is read again.
+//! * **Detach before close.** epoll registers the open file description, not the fd number: an
+//!   fd closed behind the driver's back while it is registered (and still open in a dup or a
+//!   child) keeps reporting, and its cached class would apply to whatever reuses the number.
+//!   Close fds with [`Op::Close`], or call [`Epoll::cancel_fd`] and wait for the final
+//!   completions first (I3).
+//! * A blocking fd shared with another reader can race: after a readiness report the other
+//!   reader may take the data, and a plain `read` (on files without `RWF_NOWAIT` support, such
+//!   as ttys) or `accept4` on a blocking fd would then wait. Make such fds non-blocking.
+//! * `Recv`/`RecvMsg` with `MSG_WAITALL` return what is there when the fd is ready (they are
+//!   issued with `MSG_DONTWAIT`).
+//! * A pool job cannot be stopped once it runs: cancelling it waits for its real result, and
+//!   [`Epoll::shutdown`] (and drop) block until it returns. A write to a blocking pipe whose
+//!   reader never reads, or a blocking connect to a silent host, holds shutdown that long.
+//! * `Close` runs `close(2)` on the loop thread (it can linger on a socket with `SO_LINGER`).
+
+mod fds;
+mod files;
+mod syscalls;
+#[cfg(test)]
+mod tests;
+
 use std::io;
-use std::os::fd::RawFd;
-use std::time::Duration;
+use std::marker::PhantomData;
+use std::mem;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crate::{BackendInfo, Completion, Config, Op, OpId, Waker};
+use self::fds::{FdTable, Waiter};
+use self::files::FilePool;
+use self::syscalls::{Attempt, Route};
+use crate::sys::{cvt, to_result};
+use crate::waker::WakeFd;
+use crate::{BackendInfo, BackendKind, Completion, Config, FdClass, Op, OpId, OpSlab, Waker};
 
+/// The `epoll_event.u64` of the wake-up eventfd (fds use their own number).
+const WAKE_TOKEN: u64 = u64::MAX;
+/// Events taken from the kernel per `epoll_wait`.
+const EVENT_CAPACITY: usize = 256;
+/// Connections a multishot accept on a non-blocking listener takes per readiness report.
+const ACCEPT_BATCH: usize = 64;
+/// The poll bits a `Poll` may wait for (the rest of `events` is ignored).
+const POLL_BITS: u32 = (libc::POLLIN
+    | libc::POLLPRI
+    | libc::POLLOUT
+    | libc::POLLRDNORM
+    | libc::POLLRDBAND
+    | libc::POLLWRNORM
+    | libc::POLLWRBAND
+    | libc::POLLRDHUP) as u32;
+/// Always reported to a `Poll`, whether asked for or not.
+const ALWAYS_REPORTED: u32 = (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) as u32;
+/// What a file without poll support reports (the kernel's `DEFAULT_POLLMASK`).
+const ALWAYS_READY: u32 =
+    (libc::POLLIN | libc::POLLOUT | libc::POLLRDNORM | libc::POLLWRNORM) as u32;
+/// Error conditions that make a waiting operation retry its syscall (which then reports them).
+const ERR_HUP: u32 = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+
+/// Where an operation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for readiness: a waiter in the fd table.
+    Waiting,
+    /// A `connect` that returned `EINPROGRESS`, waiting for `OUT`.
+    Connecting,
+    /// On the file pool, queued or running.
+    Pool,
+    /// Its final completion is in the ready list, not yet returned by `wait`.
+    Done,
+}
+
+/// An operation in flight.
+struct Entry {
+    op: Op,
+    user_data: u64,
+    state: State,
+}
+
+/// A completion not yet returned by `wait`.
+#[derive(Clone, Copy)]
+struct Ready {
+    id: OpId,
+    result: i32,
+    more: bool,
+}
+
+/// The epoll driver. `!Send`: it belongs to its loop's thread (I7).
 pub struct Epoll {
     info: BackendInfo,
-    _not_send: std::marker::PhantomData<*mut ()>,
+    epfd: OwnedFd,
+    wake: Arc<WakeFd>,
+    ops: OpSlab<Entry>,
+    fds: FdTable,
+    /// Completions to return at the end of the next `wait`, in order.
+    ready: Vec<Ready>,
+    /// The kernel's event buffer, reused (I6).
+    events: Vec<libc::epoll_event>,
+    pool: FilePool,
+    /// Operations in [`State::Pool`].
+    pool_jobs: usize,
+    /// Buffer for the pool's finished jobs, reused (I6).
+    pool_done: Vec<(OpId, i32)>,
+    /// Buffer for ids (cancel by fd, shutdown), reused.
+    scratch: Vec<OpId>,
+    /// `epoll_pwait2` is available (cleared on `ENOSYS`).
+    pwait2: bool,
+    _not_send: PhantomData<*mut ()>,
 }
 
 impl Epoll {
+    /// Creates the epoll set and the wake-up eventfd. The pool's threads start on first use.
+    ///
+    /// # Errors
+    ///
+    /// `epoll_create1`, `eventfd` or `epoll_ctl` failures (EMFILE, ENFILE, ENOMEM).
     pub fn new(config: &Config, reason: String) -> io::Result<Epoll> {
-        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+        // SAFETY: epoll_create1 takes no pointers; the result is checked before use.
+        let raw = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        let epfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let wake = WakeFd::new()?;
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: WAKE_TOKEN,
+        };
+        // SAFETY: `ev` is a live epoll_event that the kernel copies; both fds are ours.
+        cvt(unsafe { libc::epoll_ctl(raw, libc::EPOLL_CTL_ADD, wake.fd(), &mut ev) })?;
+        Ok(Epoll {
+            info: BackendInfo {
+                kind: BackendKind::Epoll,
+                reason,
+            },
+            epfd,
+            pool: FilePool::new(config.file_threads, Waker::new(Arc::clone(&wake))),
+            wake,
+            ops: OpSlab::new(),
+            fds: FdTable::default(),
+            ready: Vec::new(),
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENT_CAPACITY],
+            pool_jobs: 0,
+            pool_done: Vec::new(),
+            scratch: Vec::new(),
+            pwait2: true,
+            _not_send: PhantomData,
+        })
     }
+
+    /// Which driver runs, and why.
     pub fn info(&self) -> &BackendInfo {
         &self.info
     }
+
+    /// Starts `op`; see [`Driver::push`](crate::Driver::push). Non-blocking syscalls are tried
+    /// at once; their results are returned by the next [`Epoll::wait`], which then does not
+    /// block.
+    ///
+    /// # Safety
+    ///
+    /// Every pointer in `op` must stay valid (the memory unmoved and, for reads, not otherwise
+    /// accessed) and `op`'s fd must stay open until the final completion for the returned id has
+    /// been returned by [`Epoll::wait`] or [`Epoll::shutdown`] (I2, I3). For `Close`, the fd is
+    /// transferred to the driver.
     pub unsafe fn push(&mut self, op: Op, user_data: u64) -> OpId {
-        unimplemented!()
+        // `start` moves it on: to `Done` (finished at once), `Pool` or `Connecting`.
+        let id = self.ops.insert(Entry {
+            op,
+            user_data,
+            state: State::Waiting,
+        });
+        // SAFETY: the caller upholds I2/I3 for `op` until its final completion.
+        unsafe { self.start(id, op) };
+        id
     }
+
+    /// Asks `id` to end early; see [`Driver::cancel`](crate::Driver::cancel).
     pub fn cancel(&mut self, id: OpId) -> bool {
-        unimplemented!()
+        let Some(entry) = self.ops.get(id) else {
+            return false;
+        };
+        match entry.state {
+            State::Done => {}
+            State::Waiting | State::Connecting => {
+                if let Some(fd) = entry.op.fd() {
+                    self.fds.remove_waiter(fd, id);
+                }
+                self.finish(id, -libc::ECANCELED);
+            }
+            State::Pool => {
+                if self.pool.cancel(id) {
+                    self.pool_jobs -= 1;
+                    self.finish(id, -libc::ECANCELED);
+                }
+                // Otherwise it runs: its real result is its final completion.
+            }
+        }
+        true
     }
+
+    /// Asks every operation on `fd` to end early and forgets the fd (its class and its epoll
+    /// registration, removed at once); returns how many operations were still pending. See
+    /// [`Driver::cancel_fd`](crate::Driver::cancel_fd).
     pub fn cancel_fd(&mut self, fd: RawFd) -> usize {
-        unimplemented!()
+        self.cancel_on_fd(fd, None)
     }
+
+    /// Waits for completions; see [`Driver::wait`](crate::Driver::wait).
+    ///
+    /// # Errors
+    ///
+    /// Unexpected errors of `epoll_wait` itself (never `EINTR`, which returns `Ok`).
     pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
-        unimplemented!()
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            self.apply_dirty();
+            self.collect_pool();
+            let wait_for = if !self.ready.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                // A timeout too large for an `Instant` is as good as none.
+                deadline.map(|d| d.saturating_duration_since(Instant::now()))
+            };
+            let n = match syscalls::epoll_wait(
+                self.epfd.as_raw_fd(),
+                &mut self.events,
+                wait_for,
+                &mut self.pwait2,
+            ) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.collect_pool();
+                    self.deliver(out);
+                    return if e.raw_os_error() == Some(libc::EINTR) {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    };
+                }
+            };
+            let mut woken = false;
+            for i in 0..n {
+                let ev = self.events[i];
+                let (token, revents) = (ev.u64, ev.events);
+                if token == WAKE_TOKEN {
+                    // Drained before the pool's results are collected below, so a job that
+                    // finishes after `collect_pool` makes the eventfd readable again.
+                    self.wake.drain();
+                    woken = true;
+                } else {
+                    self.on_event(token as RawFd, revents);
+                }
+            }
+            self.collect_pool();
+            let progressed = !self.ready.is_empty();
+            self.deliver(out);
+            if progressed || woken || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(());
+            }
+            // Every readiness report ended in EAGAIN (or a clamped millisecond timeout ended):
+            // wait again for the rest of the timeout.
+        }
     }
+
+    /// A handle that wakes [`Epoll::wait`] from any thread.
     pub fn waker(&self) -> Waker {
-        unimplemented!()
+        Waker::new(Arc::clone(&self.wake))
     }
+
+    /// Operations pushed whose final completion has not been returned yet.
     pub fn in_flight(&self) -> usize {
-        unimplemented!()
+        self.ops.len()
     }
+
+    /// Cancels everything, blocks until running pool jobs finish, and appends every final
+    /// completion to `out`. Afterwards [`Epoll::in_flight`] is 0.
     pub fn shutdown(&mut self, out: &mut Vec<Completion>) {
-        unimplemented!()
+        let mut ids = mem::take(&mut self.scratch);
+        ids.clear();
+        ids.extend(self.ops.iter().map(|(id, _)| id));
+        for &id in &ids {
+            self.cancel(id);
+        }
+        ids.clear();
+        self.scratch = ids;
+        if self.pool_jobs > 0 {
+            self.pool.wait_idle();
+            self.collect_pool();
+        }
+        self.apply_dirty();
+        self.deliver(out);
+        debug_assert!(self.ops.is_empty());
+    }
+
+    // ---- starting operations ----
+
+    /// Starts the operation `id` (already in the slab as `op`).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Epoll::push`] (I2, I3).
+    unsafe fn start(&mut self, id: OpId, op: Op) {
+        let fd = match op {
+            Op::Nop => return self.finish(id, 0),
+            Op::Close { fd } => return self.close(id, fd),
+            _ => op.fd().unwrap_or(-1),
+        };
+        let (class, unpollable) = match self.fds.entry(fd) {
+            Ok(e) => (e.class.unwrap_or(FdClass::File), e.unpollable),
+            Err(e) => return self.finish(id, -e.raw_os_error().unwrap_or(libc::EBADF)),
+        };
+        if let Op::Poll { events, .. } = op {
+            let waiter = Waiter {
+                id,
+                bits: events & POLL_BITS,
+                io: false,
+            };
+            if !unpollable || self.unpollable_ready(waiter) {
+                self.fds.add_waiter(fd, waiter);
+            }
+            return;
+        }
+        match syscalls::route(&op, class) {
+            // SAFETY: the caller upholds I2/I3 for `op`.
+            Route::Pool => unsafe { self.send_to_pool(id, op) },
+            Route::Now(bits) | Route::Wait(bits) => {
+                let waiter = Waiter { id, bits, io: true };
+                // An older operation for the same direction goes first (order of completion =
+                // order of push for reads, and for writes, on one fd).
+                // SAFETY: the caller upholds I2/I3; `attempt` never blocks (see `syscalls`).
+                if self.fds.has_io_waiter(fd, bits) || unsafe { self.drive(id, class, false) } {
+                    self.fds.add_waiter(fd, waiter);
+                }
+            }
+        }
+    }
+
+    /// Runs the syscall of the waiting (or just pushed) I/O operation `id` without blocking;
+    /// returns `true` when it must (keep) waiting for readiness. A multishot accept reports each
+    /// new connection and goes on.
+    ///
+    /// # Safety
+    ///
+    /// `id`'s operation was pushed under I2/I3 and has no final completion yet.
+    unsafe fn drive(&mut self, id: OpId, class: FdClass, ready: bool) -> bool {
+        let Some(entry) = self.ops.get(id) else {
+            return false;
+        };
+        let op = entry.op;
+        let connecting = entry.state == State::Connecting;
+        let multishot = op.is_multishot();
+        // More than one accept per report only where accept4 cannot block.
+        let rounds = if multishot && class.is_nonblocking() {
+            ACCEPT_BATCH
+        } else {
+            1
+        };
+        for _ in 0..rounds {
+            // SAFETY: I2/I3 hold for `op` (our caller's promise); `attempt` never blocks: it
+            // only reads blocking fds after readiness (`ready`) or with RWF_NOWAIT.
+            match unsafe { syscalls::attempt(&op, class, ready, connecting) } {
+                Attempt::Done(r) if multishot && r >= 0 => self.report(id, r),
+                Attempt::Done(r) => {
+                    self.finish(id, r);
+                    return false;
+                }
+                Attempt::Again => return true,
+                Attempt::InProgress => {
+                    self.set_state(id, State::Connecting);
+                    return true;
+                }
+            }
+        }
+        true
+    }
+
+    /// Sends `op` to the file pool (after the cached-read fast path).
+    ///
+    /// # Safety
+    ///
+    /// `op` was pushed under I2/I3 and has no final completion yet.
+    unsafe fn send_to_pool(&mut self, id: OpId, op: Op) {
+        // SAFETY: I2/I3 hold for `op`; a RWF_NOWAIT read does not block.
+        if let Some(r) = unsafe { syscalls::file_read_nowait(&op) } {
+            return self.finish(id, r);
+        }
+        // SAFETY: I2/I3 hold until the final completion, which `collect_pool` produces only
+        // after the job has run, or `cancel` after it was taken out of the queue.
+        match unsafe { self.pool.submit(id, op) } {
+            Ok(()) => {
+                self.set_state(id, State::Pool);
+                self.pool_jobs += 1;
+                if let Some(e) = op.fd().and_then(|fd| self.fds.get_mut(fd)) {
+                    e.pool_jobs += 1;
+                }
+            }
+            Err(e) => self.finish(id, -e.raw_os_error().unwrap_or(libc::EAGAIN)),
+        }
+    }
+
+    /// `Op::Close`: ends what is still on the fd (a caller bug), forgets the fd, closes it.
+    fn close(&mut self, id: OpId, fd: RawFd) {
+        self.cancel_on_fd(fd, Some(id));
+        // SAFETY: the fd was transferred to us by the `Close` operation (I3: nothing of ours
+        // uses it any more: its operations were just cancelled and its registration removed).
+        let r = unsafe { libc::close(fd) };
+        self.finish(id, to_result(r as isize));
+    }
+
+    /// Cancels every operation on `fd` except `except` and forgets the fd; returns how many
+    /// operations were still pending.
+    fn cancel_on_fd(&mut self, fd: RawFd, except: Option<OpId>) -> usize {
+        let mut ids = mem::take(&mut self.scratch);
+        ids.clear();
+        if let Some(entry) = self.fds.get_mut(fd) {
+            ids.extend(entry.waiters.iter().map(|w| w.id));
+            if entry.pool_jobs > 0 {
+                // Rare (files, blocking writes): a scan of the slab.
+                ids.extend(
+                    self.ops
+                        .iter()
+                        .filter(|(_, e)| e.state == State::Pool && e.op.fd() == Some(fd))
+                        .map(|(id, _)| id),
+                );
+            }
+        }
+        ids.retain(|&id| Some(id) != except);
+        let n = ids.len();
+        for &id in &ids {
+            self.cancel(id);
+        }
+        ids.clear();
+        self.scratch = ids;
+        self.fds.forget(self.epfd.as_raw_fd(), fd);
+        n
+    }
+
+    /// For a waiter on an fd that cannot be polled (always ready): a `Poll` reports the
+    /// `IN`/`OUT` bits it asked for (one-shot: completes; multishot: reports once and stays
+    /// parked), other operations move to the pool. Returns whether the waiter stays parked.
+    fn unpollable_ready(&mut self, w: Waiter) -> bool {
+        let Some(entry) = self.ops.get(w.id) else {
+            return false;
+        };
+        match entry.op {
+            Op::Poll {
+                events, multishot, ..
+            } => {
+                let mask = events & ALWAYS_READY;
+                if mask == 0 {
+                    true
+                } else if multishot {
+                    self.report(w.id, mask as i32);
+                    true
+                } else {
+                    self.finish(w.id, mask as i32);
+                    false
+                }
+            }
+            op => {
+                // SAFETY: the operation was pushed under I2/I3 and is still in flight.
+                unsafe { self.send_to_pool(w.id, op) };
+                false
+            }
+        }
+    }
+
+    // ---- waiting ----
+
+    /// Brings the epoll registrations of dirty fds up to date.
+    fn apply_dirty(&mut self) {
+        let epfd = self.epfd.as_raw_fd();
+        while let Some(fd) = self.fds.pop_dirty() {
+            if let Err(errno) = self.fds.sync(epfd, fd) {
+                self.registration_failed(fd, errno);
+            }
+        }
+    }
+
+    /// `epoll_ctl` refused `fd`: with `EPERM` the file cannot be polled and counts as always
+    /// ready; with anything else (`EBADF` …) its waiters complete with the error.
+    fn registration_failed(&mut self, fd: RawFd, errno: i32) {
+        let Some(entry) = self.fds.get_mut(fd) else {
+            return;
+        };
+        let mut waiters = mem::take(&mut entry.waiters);
+        if errno == libc::EPERM {
+            entry.unpollable = true;
+            // Its reads and writes now go to the pool.
+            entry.class = Some(FdClass::File);
+            waiters.retain(|&w| self.unpollable_ready(w));
+            if let Some(entry) = self.fds.get_mut(fd) {
+                entry.waiters = waiters;
+            }
+        } else {
+            for w in waiters.drain(..) {
+                self.finish(w.id, -errno);
+            }
+            if let Some(entry) = self.fds.get_mut(fd) {
+                entry.waiters = waiters;
+            }
+            self.fds.forget(self.epfd.as_raw_fd(), fd);
+        }
+    }
+
+    /// `fd` reported `revents`: polls report, other waiters retry their syscall.
+    fn on_event(&mut self, fd: RawFd, revents: u32) {
+        let Some(entry) = self.fds.get_mut(fd) else {
+            return;
+        };
+        let Some(class) = entry.class.filter(|_| !entry.waiters.is_empty()) else {
+            // Only a caller who closed a registered fd behind our back gets here (I3).
+            self.fds.drop_stale(self.epfd.as_raw_fd(), fd);
+            return;
+        };
+        let mut waiters = mem::take(&mut entry.waiters);
+        // Readiness bits already used up in this round (an attempt said EAGAIN, or a blocking
+        // fd was read once): other waiters for them wait for the next report.
+        let mut used = 0u32;
+        let before = waiters.len();
+        waiters.retain(|&w| self.on_ready(w, class, revents, &mut used));
+        let changed = waiters.len() != before;
+        if let Some(entry) = self.fds.get_mut(fd) {
+            debug_assert!(entry.waiters.is_empty());
+            entry.waiters = waiters;
+        }
+        if changed {
+            self.fds.mark_dirty(fd);
+        }
+    }
+
+    /// One waiter of an fd that reported `revents`; returns whether it keeps waiting.
+    fn on_ready(&mut self, w: Waiter, class: FdClass, revents: u32, used: &mut u32) -> bool {
+        let Some(entry) = self.ops.get(w.id) else {
+            return false;
+        };
+        let op = entry.op;
+        if let Op::Poll {
+            events, multishot, ..
+        } = op
+        {
+            let result = revents & (events | ALWAYS_REPORTED);
+            if result == 0 {
+                return true;
+            }
+            if multishot {
+                self.report(w.id, result as i32);
+                return true;
+            }
+            self.finish(w.id, result as i32);
+            return false;
+        }
+        if revents & (w.bits | ERR_HUP) == 0 || *used & w.bits != 0 {
+            return true;
+        }
+        // SAFETY: the operation was pushed under I2/I3 and is still in flight; the fd has just
+        // reported readiness, so a blocking fd is read at most once here (see `used`).
+        let keep = unsafe { self.drive(w.id, class, true) };
+        if keep || matches!(syscalls::route(&op, class), Route::Wait(_)) {
+            *used |= w.bits;
+        }
+        keep
+    }
+
+    /// Moves the pool's finished jobs to the ready list.
+    fn collect_pool(&mut self) {
+        if self.pool_jobs == 0 {
+            return;
+        }
+        self.pool.take_done(&mut self.pool_done);
+        let mut done = mem::take(&mut self.pool_done);
+        for &(id, result) in &done {
+            self.pool_jobs -= 1;
+            self.finish(id, result);
+        }
+        done.clear();
+        self.pool_done = done;
+    }
+
+    /// Appends the ready completions to `out`, freeing the slots of final ones.
+    fn deliver(&mut self, out: &mut Vec<Completion>) {
+        for r in self.ready.drain(..) {
+            let Some(entry) = self.ops.get(r.id) else {
+                continue;
+            };
+            out.push(Completion {
+                user_data: entry.user_data,
+                result: r.result,
+                more: r.more,
+            });
+            if !r.more {
+                self.ops.remove(r.id);
+            }
+        }
+    }
+
+    // ---- bookkeeping ----
+
+    /// Queues the final completion of `id`.
+    fn finish(&mut self, id: OpId, result: i32) {
+        if let Some(e) = self.ops.get_mut(id) {
+            if e.state == State::Pool {
+                if let Some(f) = e.op.fd().and_then(|fd| self.fds.get_mut(fd)) {
+                    f.pool_jobs -= 1;
+                }
+            }
+            e.state = State::Done;
+        }
+        self.ready.push(Ready {
+            id,
+            result,
+            more: false,
+        });
+    }
+
+    /// Queues a `more` completion of the multishot operation `id`.
+    fn report(&mut self, id: OpId, result: i32) {
+        self.ready.push(Ready {
+            id,
+            result,
+            more: true,
+        });
+    }
+
+    fn set_state(&mut self, id: OpId, state: State) {
+        if let Some(e) = self.ops.get_mut(id) {
+            e.state = state;
+        }
+    }
+}
+
+impl Drop for Epoll {
+    /// Cancels and waits for whatever is in flight (discarding the completions); the pool then
+    /// stops and joins its threads.
+    fn drop(&mut self) {
+        if !self.ops.is_empty() {
+            let mut discard = Vec::new();
+            self.shutdown(&mut discard);
+        }
+    }
+}
+
+impl std::fmt::Debug for Epoll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Epoll")
+            .field("info", &self.info)
+            .field("epfd", &self.epfd.as_raw_fd())
+            .field("in_flight", &self.ops.len())
+            .finish()
     }
 }

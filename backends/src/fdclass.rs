@@ -2,7 +2,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, RawFd};
 
 use crate::sys::cvt;
 
@@ -53,6 +53,44 @@ impl FdClass {
             libc::S_IFCHR if unsafe { libc::isatty(fd) } == 1 => FdClass::Tty { nonblocking },
             _ => FdClass::Stream { nonblocking },
         })
+    }
+
+    /// Whether the kernel can report readiness for `fd`: asks a throw-away epoll set. Regular
+    /// files and directories cannot be polled (EPERM); sysfs, procfs and cgroup attribute files,
+    /// which are regular files too, can.
+    ///
+    /// # Errors
+    ///
+    /// `EBADF` for a closed fd; errors creating the epoll set.
+    pub fn can_poll(fd: RawFd) -> io::Result<bool> {
+        // SAFETY: epoll_create1 takes no pointers; the result is checked.
+        let ep = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `ep` is a fresh fd that nothing else owns; OwnedFd closes it on every path.
+        let ep = unsafe { std::os::fd::OwnedFd::from_raw_fd(ep) };
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+        let r = unsafe {
+            libc::epoll_ctl(
+                std::os::fd::AsRawFd::as_raw_fd(&ep),
+                libc::EPOLL_CTL_ADD,
+                fd,
+                &mut ev,
+            )
+        };
+        match cvt(r) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether positional I/O (`pread`/`pwrite`) works on `fd`: false for pipes, FIFOs, sockets
+    /// and ttys, which give `ESPIPE`. (io_uring silently ignores the offset on such files and
+    /// reads the stream instead; the drivers use this to answer `ESPIPE` on both backends.)
+    pub fn is_seekable(fd: RawFd) -> bool {
+        // SAFETY: lseek takes no pointers; SEEK_CUR with offset 0 does not move the position.
+        let pos = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+        pos != -1 || io::Error::last_os_error().raw_os_error() != Some(libc::ESPIPE)
     }
 
     /// Whether `O_NONBLOCK` is set (always `false` for files, where it does not matter).

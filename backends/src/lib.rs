@@ -284,6 +284,16 @@ pub enum BackendKind {
     Epoll,
 }
 
+impl BackendKind {
+    /// The name `FDLOOP_BACKEND` uses for it: `uring` or `epoll`.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            BackendKind::Uring => "uring",
+            BackendKind::Epoll => "epoll",
+        }
+    }
+}
+
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

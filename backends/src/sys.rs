@@ -14,7 +14,9 @@ pub(crate) fn cvt<T: IsMinusOne>(ret: T) -> io::Result<T> {
 /// Like [`cvt`], but as the kernel-style `-errno` / value that completions carry.
 pub(crate) fn to_result(ret: isize) -> i32 {
     if ret < 0 {
-        -io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+        -io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
     } else {
         ret.min(i32::MAX as isize) as i32
     }

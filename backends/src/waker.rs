@@ -31,14 +31,20 @@ impl WakeFd {
     }
 
     /// Consumes the eventfd's counter and re-enables writes.
+    ///
+    /// The read comes first: clearing `pending` first would let a `wake` in between write, have
+    /// that write consumed by this read, and leave `pending` set with the counter at zero, so
+    /// that no later `wake` would ever write again. In this order a `wake` that lands between
+    /// the read and the store is not written, but the caller looks at the shared state (posted
+    /// closures, signal flags) after draining, and that `wake` published its state first.
     pub(crate) fn drain(&self) {
-        self.pending.store(false, Ordering::SeqCst);
         let mut v = 0u64;
         // SAFETY: `v` is a live 8-byte buffer for the duration of the call; the fd is ours.
         unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        self.pending.store(false, Ordering::SeqCst);
     }
 
-    fn wake(&self) {
+    pub(crate) fn wake(&self) {
         if !self.pending.swap(true, Ordering::SeqCst) {
             let v = 1u64;
             // SAFETY: `v` is a live 8-byte buffer for the duration of the call; the fd is ours.
@@ -68,6 +74,8 @@ impl Waker {
 
 impl std::fmt::Debug for Waker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Waker").field("fd", &self.inner.fd()).finish()
+        f.debug_struct("Waker")
+            .field("fd", &self.inner.fd())
+            .finish()
     }
 }

@@ -1,0 +1,211 @@
+//! The per-fd table of the epoll driver: what kind of file each fd is, which operations wait on
+//! it (and for which readiness bits), and what is registered in the epoll set.
+//!
+//! Registrations are lazy: changing the waiters only marks the fd dirty, and
+//! [`FdTable::sync`] (called for dirty fds at the start of a wait) issues at most one
+//! `epoll_ctl`, none when the wanted interest did not change in the meantime. A one-shot poll
+//! re-armed from its completion handler therefore costs no syscall.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use crate::{FdClass, OpId};
+
+/// An operation waiting for readiness on an fd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Waiter {
+    /// The operation.
+    pub(super) id: OpId,
+    /// The epoll bits it waits for (`EPOLLIN`, `EPOLLOUT`, `EPOLLPRI`, `EPOLLRDHUP`).
+    pub(super) bits: u32,
+    /// An I/O operation (not a `Poll`): later I/O operations for the same bits queue behind it.
+    pub(super) io: bool,
+}
+
+/// What the driver knows about one fd.
+#[derive(Debug, Default)]
+pub(super) struct FdEntry {
+    /// Its class, computed on first use (`None`: unknown, or forgotten).
+    pub(super) class: Option<FdClass>,
+    /// Operations waiting for readiness, oldest first. Kept (with its capacity) when emptied.
+    pub(super) waiters: Vec<Waiter>,
+    /// The events registered in the epoll set, `None` when not registered.
+    registered: Option<u32>,
+    /// `epoll_ctl(ADD)` said EPERM: the file has no poll support (a regular file, `/dev/null`),
+    /// so it counts as always ready, as `poll(2)` says. Nothing is registered for it.
+    pub(super) unpollable: bool,
+    /// In the dirty list.
+    dirty: bool,
+    /// Operations on this fd running or queued on the file pool.
+    pub(super) pool_jobs: usize,
+}
+
+impl FdEntry {
+    /// The events wanted in the epoll set: `None` when nothing waits (or the fd is unpollable).
+    fn wanted(&self) -> Option<u32> {
+        if self.waiters.is_empty() || self.unpollable {
+            None
+        } else {
+            Some(self.waiters.iter().fold(0, |acc, w| acc | w.bits))
+        }
+    }
+}
+
+/// The table, indexed by fd.
+#[derive(Debug, Default)]
+pub(super) struct FdTable {
+    entries: Vec<FdEntry>,
+    dirty: Vec<RawFd>,
+}
+
+/// `epoll_ctl`, as `Ok` or the errno.
+fn ctl(epfd: RawFd, op: i32, fd: RawFd, events: u32) -> Result<(), i32> {
+    let mut ev = libc::epoll_event {
+        events,
+        u64: fd as u64,
+    };
+    // SAFETY: `ev` is a live epoll_event for the duration of the call (the kernel copies it);
+    // epoll_ctl touches no other memory.
+    let r = unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) };
+    if r < 0 {
+        Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO))
+    } else {
+        Ok(())
+    }
+}
+
+impl FdTable {
+    /// The entry of `fd`, if the table has one.
+    pub(super) fn get_mut(&mut self, fd: RawFd) -> Option<&mut FdEntry> {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.entries.get_mut(i))
+    }
+
+    /// The entry of `fd`, created if needed, with its class computed (`fstat` + `fcntl`) on first
+    /// use. An fd that is not open gives `EBADF` and no entry is created.
+    pub(super) fn entry(&mut self, fd: RawFd) -> io::Result<&mut FdEntry> {
+        let i = usize::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+        let known = self.entries.get(i).is_some_and(|e| e.class.is_some());
+        if !known {
+            let class = FdClass::of(fd)?;
+            if i >= self.entries.len() {
+                self.entries.resize_with(i + 1, FdEntry::default);
+            }
+            self.entries[i].class = Some(class);
+        }
+        Ok(&mut self.entries[i])
+    }
+
+    /// Records that `fd`'s waiters changed; its registration is brought up to date by the next
+    /// [`FdTable::sync`].
+    pub(super) fn mark_dirty(&mut self, fd: RawFd) {
+        if let Some(e) = self.get_mut(fd) {
+            if !e.dirty {
+                e.dirty = true;
+                self.dirty.push(fd);
+            }
+        }
+    }
+
+    /// Adds a waiter to `fd` (whose entry must exist) and marks it dirty.
+    pub(super) fn add_waiter(&mut self, fd: RawFd, waiter: Waiter) {
+        if let Some(e) = self.get_mut(fd) {
+            e.waiters.push(waiter);
+        }
+        self.mark_dirty(fd);
+    }
+
+    /// Removes the waiter `id` from `fd`; returns whether it was there.
+    pub(super) fn remove_waiter(&mut self, fd: RawFd, id: OpId) -> bool {
+        let Some(e) = self.get_mut(fd) else {
+            return false;
+        };
+        let Some(pos) = e.waiters.iter().position(|w| w.id == id) else {
+            return false;
+        };
+        e.waiters.remove(pos);
+        self.mark_dirty(fd);
+        true
+    }
+
+    /// Whether an I/O operation already waits on `fd` for some of `bits` (a new one must queue
+    /// behind it, so that reads and writes on one fd complete in the order they were pushed).
+    pub(super) fn has_io_waiter(&mut self, fd: RawFd, bits: u32) -> bool {
+        self.get_mut(fd)
+            .is_some_and(|e| e.waiters.iter().any(|w| w.io && w.bits & bits != 0))
+    }
+
+    /// Removes the registration of `fd` if it has no waiter any more, whatever the table says:
+    /// for events that arrive for an fd nobody waits for.
+    pub(super) fn drop_stale(&mut self, epfd: RawFd, fd: RawFd) {
+        if let Some(e) = self.get_mut(fd) {
+            if e.waiters.is_empty() {
+                e.registered = None;
+                let _ = ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
+            }
+        }
+    }
+
+    /// Takes the next dirty fd.
+    pub(super) fn pop_dirty(&mut self) -> Option<RawFd> {
+        let fd = self.dirty.pop()?;
+        if let Some(e) = self.get_mut(fd) {
+            e.dirty = false;
+        }
+        Some(fd)
+    }
+
+    /// Brings `fd`'s registration in `epfd` up to date with its waiters: ADD, MOD or DEL, or
+    /// nothing when it already matches. `ENOENT` on MOD (the fd was closed and its registration
+    /// dropped by the kernel) retries with ADD; `EEXIST` on ADD retries with MOD.
+    ///
+    /// On failure the fd is left unregistered and the errno is returned: `EPERM` means the file
+    /// cannot be polled, `EBADF` that the fd is closed. The caller deals with the waiters.
+    pub(super) fn sync(&mut self, epfd: RawFd, fd: RawFd) -> Result<(), i32> {
+        let Some(e) = self.get_mut(fd) else {
+            return Ok(());
+        };
+        let want = e.wanted();
+        if want == e.registered {
+            return Ok(());
+        }
+        let result = match (e.registered, want) {
+            (Some(_), None) => {
+                // A failed DEL (EBADF, ENOENT) means the kernel already dropped it.
+                let _ = ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
+                Ok(())
+            }
+            (None, Some(ev)) => match ctl(epfd, libc::EPOLL_CTL_ADD, fd, ev) {
+                Err(libc::EEXIST) => ctl(epfd, libc::EPOLL_CTL_MOD, fd, ev),
+                r => r,
+            },
+            (Some(_), Some(ev)) => match ctl(epfd, libc::EPOLL_CTL_MOD, fd, ev) {
+                Err(libc::ENOENT) => ctl(epfd, libc::EPOLL_CTL_ADD, fd, ev),
+                r => r,
+            },
+            (None, None) => Ok(()),
+        };
+        e.registered = match result {
+            Ok(()) => want,
+            Err(_) => None,
+        };
+        result
+    }
+
+    /// Forgets `fd`: removes its registration from `epfd` at once (the caller may close the fd
+    /// right after) and drops its cached class. Its waiters must have been taken already; its
+    /// count of pool jobs is kept (running jobs still finish).
+    pub(super) fn forget(&mut self, epfd: RawFd, fd: RawFd) {
+        if let Some(e) = self.get_mut(fd) {
+            debug_assert!(e.waiters.is_empty());
+            if e.registered.take().is_some() {
+                let _ = ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
+            }
+            e.class = None;
+            e.unpollable = false;
+        }
+    }
+}

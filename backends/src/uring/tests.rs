@@ -1,0 +1,779 @@
+//! Focused tests of the io_uring driver against real kernel objects. The contract suite for
+//! both drivers lives in `backends/tests/`.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use super::{is_unavailable, setup, Uring};
+use crate::{interest, BackendKind, Completion, Config, Op};
+
+fn ring() -> Uring {
+    Uring::new(&Config::default()).expect("io_uring is available on the test machine")
+}
+
+fn pipe(flags: i32) -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a writable array of two ints.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | flags) };
+    assert_eq!(r, 0);
+    // SAFETY: both fds are fresh and owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+fn write_all(fd: RawFd, data: &[u8]) {
+    // SAFETY: `data` is a live buffer of `data.len()` bytes.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    assert_eq!(n, data.len() as isize);
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: plain fcntl calls on an fd we own.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        assert_eq!(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK), 0);
+    }
+}
+
+/// Waits until `n` final completions have arrived; returns every completion seen.
+fn wait_finals(u: &mut Uring, n: usize) -> Vec<Completion> {
+    let mut all = Vec::new();
+    while all.iter().filter(|c: &&Completion| !c.more).count() < n {
+        u.wait(None, &mut all).unwrap();
+    }
+    all
+}
+
+/// Waits until no further completion comes without outside help.
+fn settle(u: &mut Uring, out: &mut Vec<Completion>) {
+    u.wait(Some(Duration::ZERO), out).unwrap();
+}
+
+#[test]
+fn reports_itself() {
+    let u = ring();
+    assert_eq!(u.info().kind, BackendKind::Uring);
+    assert!(
+        u.info().reason.starts_with("io_uring available"),
+        "{}",
+        u.info().reason
+    );
+}
+
+#[test]
+fn nop_round_trip() {
+    let mut u = ring();
+    // SAFETY: a Nop references nothing.
+    let id = unsafe { u.push(Op::Nop, 7) };
+    assert_eq!(u.in_flight(), 1);
+    let out = wait_finals(&mut u, 1);
+    assert_eq!(
+        out,
+        vec![Completion {
+            user_data: 7,
+            result: 0,
+            more: false
+        }]
+    );
+    assert_eq!(u.in_flight(), 0);
+    assert!(!u.cancel(id), "a finished operation is not in flight");
+}
+
+#[test]
+fn pipe_read_waits_then_completes() {
+    let mut u = ring();
+    let (r, w) = pipe(0);
+    let mut buf = [0u8; 16];
+    // SAFETY: `buf` and `r` outlive the operation's final completion, awaited below.
+    unsafe {
+        u.push(
+            Op::Read {
+                fd: r.as_raw_fd(),
+                buf: buf.as_mut_ptr(),
+                len: buf.len() as u32,
+                offset: None,
+            },
+            1,
+        )
+    };
+    let mut out = Vec::new();
+    u.wait(Some(Duration::from_millis(20)), &mut out).unwrap();
+    assert!(out.is_empty(), "nothing was written yet: {out:?}");
+    write_all(w.as_raw_fd(), b"hello");
+    let out = wait_finals(&mut u, 1);
+    assert_eq!(out[0].result, 5);
+    assert_eq!(&buf[..5], b"hello");
+}
+
+#[test]
+fn cancel_pending_read_gives_one_ecanceled() {
+    let mut u = ring();
+    let (r, _w) = pipe(0);
+    let mut buf = [0u8; 8];
+    // SAFETY: `buf` and `r` outlive the operation's final completion, awaited below.
+    let id = unsafe {
+        u.push(
+            Op::Read {
+                fd: r.as_raw_fd(),
+                buf: buf.as_mut_ptr(),
+                len: 8,
+                offset: None,
+            },
+            9,
+        )
+    };
+    let mut out = Vec::new();
+    settle(&mut u, &mut out);
+    assert!(out.is_empty());
+    assert!(u.cancel(id));
+    assert!(u.cancel(id), "asking twice is harmless");
+    let out = wait_finals(&mut u, 1);
+    assert_eq!(
+        out,
+        vec![Completion {
+            user_data: 9,
+            result: -libc::ECANCELED,
+            more: false
+        }]
+    );
+    let mut late = Vec::new();
+    settle(&mut u, &mut late);
+    assert!(late.is_empty(), "exactly one final completion: {late:?}");
+    assert_eq!(u.in_flight(), 0);
+}
+
+fn eventfd() -> OwnedFd {
+    // SAFETY: eventfd takes no pointers; the result is checked.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    assert!(fd >= 0);
+    // SAFETY: a fresh fd owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn bump(efd: RawFd) {
+    write_all(efd, &1u64.to_ne_bytes());
+}
+
+fn drain_eventfd(efd: RawFd) {
+    let mut v = [0u8; 8];
+    // SAFETY: `v` is a live 8-byte buffer.
+    unsafe { libc::read(efd, v.as_mut_ptr().cast(), 8) };
+}
+
+fn multishot_poll_reports_repeatedly(native: bool) {
+    let mut u = ring();
+    u.features.multishot_poll &= native;
+    let efd = eventfd();
+    // SAFETY: the eventfd outlives the operation's final completion, awaited below.
+    let id = unsafe {
+        u.push(
+            Op::Poll {
+                fd: efd.as_raw_fd(),
+                events: interest::READABLE,
+                multishot: true,
+            },
+            3,
+        )
+    };
+    for _ in 0..3 {
+        bump(efd.as_raw_fd());
+        let mut out = Vec::new();
+        while out.is_empty() {
+            u.wait(None, &mut out).unwrap();
+        }
+        drain_eventfd(efd.as_raw_fd());
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].more);
+        assert_eq!(out[0].user_data, 3);
+        assert!(out[0].result as u32 & interest::READABLE != 0);
+    }
+    assert!(u.cancel(id));
+    let out = wait_finals(&mut u, 1);
+    let last = out.last().unwrap();
+    assert!(!last.more);
+    assert_eq!(last.result, -libc::ECANCELED);
+    assert_eq!(u.in_flight(), 0);
+}
+
+#[test]
+fn multishot_poll_native() {
+    multishot_poll_reports_repeatedly(true);
+}
+
+#[test]
+fn multishot_poll_emulated() {
+    multishot_poll_reports_repeatedly(false);
+}
+
+#[test]
+fn ten_thousand_nops_through_a_tiny_cq() {
+    let mut u = Uring::new(&Config {
+        cq_entries: Some(8),
+        ..Config::default()
+    })
+    .unwrap();
+    assert_eq!(u.ring.params().cq_entries(), 8);
+    const N: u64 = 10_000;
+    for i in 0..N {
+        // SAFETY: a Nop references nothing.
+        unsafe { u.push(Op::Nop, i) };
+        assert!(u.in_kernel <= u.limit && u.limit < 8);
+    }
+    assert_eq!(u.in_flight(), N as usize);
+    let mut seen = vec![0u32; N as usize];
+    let mut out = Vec::new();
+    let mut got = 0;
+    while got < N as usize {
+        out.clear();
+        u.wait(None, &mut out).unwrap();
+        assert!(u.in_kernel <= u.limit);
+        for c in &out {
+            assert_eq!((c.result, c.more), (0, false));
+            seen[c.user_data as usize] += 1;
+        }
+        got += out.len();
+    }
+    assert!(seen.iter().all(|&n| n == 1));
+    assert_eq!(u.in_flight(), 0);
+}
+
+#[test]
+fn wait_timeout_is_not_early() {
+    let mut u = ring();
+    let mut out = Vec::new();
+    for ms in [1, 30] {
+        let d = Duration::from_millis(ms);
+        let t = Instant::now();
+        u.wait(Some(d), &mut out).unwrap();
+        assert!(t.elapsed() >= d);
+        assert!(out.is_empty());
+    }
+    // Zero never blocks and reports nothing here.
+    u.wait(Some(Duration::ZERO), &mut out).unwrap();
+    assert!(out.is_empty());
+}
+
+#[test]
+fn waker_ends_an_unbounded_wait() {
+    let mut u = ring();
+    for _ in 0..3 {
+        let waker = u.waker();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(10));
+            waker.wake();
+        });
+        let mut out = Vec::new();
+        u.wait(None, &mut out).unwrap();
+        assert!(out.is_empty(), "wake-ups are not completions");
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn eagain_waits_for_readiness_then_retries() {
+    let mut u = ring();
+    // Reads carry RWF_NOWAIT: an empty pipe answers -EAGAIN instead of waiting in the kernel.
+    u.features.nowait_reads = true;
+    let (r, w) = pipe(libc::O_NONBLOCK);
+    let mut a = [0u8; 4];
+    let mut b = [0u8; 4];
+    // SAFETY: the buffers and fds outlive the final completions, awaited below.
+    let (_, id_b) = unsafe {
+        (
+            u.push(
+                Op::Read {
+                    fd: r.as_raw_fd(),
+                    buf: a.as_mut_ptr(),
+                    len: 4,
+                    offset: None,
+                },
+                1,
+            ),
+            u.push(
+                Op::Read {
+                    fd: r.as_raw_fd(),
+                    buf: b.as_mut_ptr(),
+                    len: 4,
+                    offset: None,
+                },
+                2,
+            ),
+        )
+    };
+    let mut out = Vec::new();
+    u.wait(Some(Duration::from_millis(20)), &mut out).unwrap();
+    assert!(out.is_empty(), "-EAGAIN is not reported: {out:?}");
+    assert!(u.ops.iter().all(|(_, st)| st.step == super::Step::Poll));
+    // The second read is cancelled while it waits for readiness.
+    assert!(u.cancel(id_b));
+    write_all(w.as_raw_fd(), b"data");
+    let mut out = wait_finals(&mut u, 2);
+    out.sort_by_key(|c| c.user_data);
+    assert_eq!(out[0].result, 4);
+    assert_eq!(&a, b"data");
+    assert_eq!(out[1].result, -libc::ECANCELED);
+    assert_eq!(u.in_flight(), 0);
+}
+
+#[test]
+fn nonblocking_tty_is_driven_by_poll() {
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: out-parameters are live ints; the name, termios and winsize may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0);
+    // SAFETY: fresh fds owned by nobody else.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    // SAFETY: `tio` is a live termios, filled by tcgetattr before use.
+    unsafe {
+        let mut tio = std::mem::zeroed::<libc::termios>();
+        assert_eq!(libc::tcgetattr(slave.as_raw_fd(), &mut tio), 0);
+        libc::cfmakeraw(&mut tio);
+        assert_eq!(libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &tio), 0);
+    }
+    set_nonblocking(slave.as_raw_fd());
+    set_nonblocking(master.as_raw_fd());
+
+    let mut u = ring();
+    let mut buf = [0u8; 16];
+    // SAFETY: `buf` and the fds outlive the final completions, awaited below.
+    unsafe {
+        u.push(
+            Op::Read {
+                fd: slave.as_raw_fd(),
+                buf: buf.as_mut_ptr(),
+                len: 16,
+                offset: None,
+            },
+            1,
+        )
+    };
+    assert!(u.ops.iter().all(|(_, st)| st.tty));
+    let mut out = Vec::new();
+    u.wait(Some(Duration::from_millis(20)), &mut out).unwrap();
+    assert!(out.is_empty(), "no input yet: {out:?}");
+    write_all(master.as_raw_fd(), b"ping");
+    let out = wait_finals(&mut u, 1);
+    assert_eq!(out[0].result, 4);
+    assert_eq!(&buf[..4], b"ping");
+
+    // A write through the driver (non-blocking tty: poll + write) comes out of the master.
+    let msg = b"pong";
+    // SAFETY: `msg` is static.
+    unsafe {
+        u.push(
+            Op::Write {
+                fd: slave.as_raw_fd(),
+                buf: msg.as_ptr(),
+                len: 4,
+                offset: None,
+            },
+            2,
+        )
+    };
+    let out = wait_finals(&mut u, 1);
+    assert_eq!(out[0].result, 4);
+    let mut back = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        // SAFETY: `back[got..]` is a live buffer.
+        let n = unsafe { libc::read(master.as_raw_fd(), back[got..].as_mut_ptr().cast(), 4 - got) };
+        if n > 0 {
+            got += n as usize;
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    assert_eq!(&back, msg);
+    assert_eq!(u.cancel_fd(slave.as_raw_fd()), 0);
+}
+
+fn listener() -> (std::net::TcpListener, std::net::SocketAddr) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    (l, addr)
+}
+
+fn multishot_accept(native: bool, with_addr: bool) {
+    let mut u = ring();
+    u.features.multishot_accept &= native;
+    let (l, addr) = listener();
+    let mut peer: libc::sockaddr_storage =
+        // SAFETY: an all-zero sockaddr_storage is valid.
+        unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let (paddr, plen) = if with_addr {
+        (&mut peer as *mut _, &mut len as *mut _)
+    } else {
+        (std::ptr::null_mut(), std::ptr::null_mut())
+    };
+    // SAFETY: the listener and address buffers outlive the final completion, awaited below.
+    let id = unsafe {
+        u.push(
+            Op::Accept {
+                fd: l.as_raw_fd(),
+                addr: paddr,
+                addrlen: plen,
+                flags: 0,
+                multishot: true,
+            },
+            5,
+        )
+    };
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(std::net::TcpStream::connect(addr).unwrap());
+        let mut out = Vec::new();
+        while out.is_empty() {
+            u.wait(None, &mut out).unwrap();
+        }
+        for c in &out {
+            assert!(c.more && c.result >= 0, "{c:?}");
+            // SAFETY: the accepted fd is ours to close.
+            let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
+            // SAFETY: F_GETFD takes no pointer.
+            let fdflags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+            assert!(fdflags & libc::FD_CLOEXEC != 0);
+        }
+        if with_addr {
+            assert_eq!(peer.ss_family as i32, libc::AF_INET);
+        }
+    }
+    assert!(u.cancel(id));
+    let out = wait_finals(&mut u, 1);
+    assert_eq!(out.last().unwrap().result, -libc::ECANCELED);
+}
+
+#[test]
+fn multishot_accept_native() {
+    multishot_accept(true, false);
+}
+
+#[test]
+fn multishot_accept_emulated() {
+    multishot_accept(false, false);
+}
+
+#[test]
+fn multishot_accept_with_address_is_emulated() {
+    multishot_accept(true, true);
+}
+
+/// A unix socket bound to `path` (when given) and connected to `to`.
+fn unix_client(bind: Option<&std::path::Path>, to: &std::path::Path) -> OwnedFd {
+    fn sockaddr(path: &std::path::Path) -> (libc::sockaddr_un, libc::socklen_t) {
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: an all-zero sockaddr_un is valid.
+        let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let bytes = path.as_os_str().as_bytes();
+        for (d, s) in a.sun_path.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+        (a, len as libc::socklen_t)
+    }
+    // SAFETY: socket takes no pointers; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: a fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Some(path) = bind {
+        let (a, len) = sockaddr(path);
+        // SAFETY: `a` is a live sockaddr_un of at least `len` bytes.
+        let r = unsafe { libc::bind(fd.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) };
+        assert_eq!(r, 0);
+    }
+    let (a, len) = sockaddr(to);
+    // SAFETY: as above.
+    let r = unsafe { libc::connect(fd.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) };
+    assert_eq!(r, 0);
+    fd
+}
+
+#[test]
+fn multishot_accept_resets_the_address_length() {
+    let dir = std::env::temp_dir().join(format!("fdloop-uring-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = dir.join("server");
+    let named = dir.join("named-client");
+    let l = std::os::unix::net::UnixListener::bind(&server).unwrap();
+    let mut u = ring();
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut peer: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let cap = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let mut len = cap;
+    // SAFETY: the listener and address buffers outlive the final completion, awaited below.
+    let id = unsafe {
+        u.push(
+            Op::Accept {
+                fd: l.as_raw_fd(),
+                addr: &mut peer,
+                addrlen: &mut len,
+                flags: 0,
+                multishot: true,
+            },
+            5,
+        )
+    };
+    let mut keep = Vec::new();
+    for bind in [None, Some(named.as_path())] {
+        keep.push(unix_client(bind, &server));
+        let mut out = Vec::new();
+        while out.is_empty() {
+            u.wait(None, &mut out).unwrap();
+        }
+        assert_eq!(out.len(), 1);
+        assert!(out[0].more && out[0].result >= 0, "{:?}", out[0]);
+        // SAFETY: the accepted fd is ours to close.
+        keep.push(unsafe { OwnedFd::from_raw_fd(out[0].result) });
+        // SAFETY: `peer` holds a sockaddr_un written by the kernel.
+        let un = unsafe { &*(&peer as *const libc::sockaddr_storage).cast::<libc::sockaddr_un>() };
+        match bind {
+            // An unnamed peer: just the family.
+            None => assert_eq!(len as usize, std::mem::size_of::<libc::sa_family_t>()),
+            Some(path) => {
+                use std::os::unix::ffi::OsStrExt;
+                let want = path.as_os_str().as_bytes();
+                let got: Vec<u8> = un.sun_path[..want.len()].iter().map(|&c| c as u8).collect();
+                assert_eq!(
+                    got, want,
+                    "the whole path fits: *addrlen was reset to {cap}"
+                );
+            }
+        }
+    }
+    assert!(u.cancel(id));
+    let out = wait_finals(&mut u, 1);
+    assert_eq!(out.last().unwrap().result, -libc::ECANCELED);
+    drop(keep);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn priority_poll_on_a_socket_reports_only_urgent_data() {
+    use std::io::Write;
+    let mut u = ring();
+    let (l, addr) = listener();
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    let (server, _) = l.accept().unwrap();
+    let poll = |events, multishot| Op::Poll {
+        fd: server.as_raw_fd(),
+        events,
+        multishot,
+    };
+    // Armed before normal data arrives: the wake-up must not be reported as PRIORITY.
+    // SAFETY: `server` outlives the final completions, awaited below.
+    unsafe { u.push(poll(interest::READABLE | interest::PRIORITY, false), 1) };
+    settle(&mut u, &mut Vec::new());
+    client.write_all(b"abc").unwrap();
+    let out = wait_finals(&mut u, 1);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].result as u32 & interest::PRIORITY,
+        0,
+        "{:#x}",
+        out[0].result
+    );
+    assert_ne!(out[0].result as u32 & interest::READABLE, 0);
+
+    // SAFETY: as above.
+    unsafe { u.push(poll(interest::PRIORITY, false), 2) };
+    let mut out = Vec::new();
+    u.wait(Some(Duration::from_millis(20)), &mut out).unwrap();
+    assert!(out.is_empty(), "only normal data is pending: {out:?}");
+    // SAFETY: a one-byte static buffer for the duration of the call.
+    let n = unsafe { libc::send(client.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
+    assert_eq!(n, 1);
+    let out = wait_finals(&mut u, 1);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].user_data, 2);
+    assert_ne!(out[0].result as u32 & interest::PRIORITY, 0);
+    let mut late = Vec::new();
+    settle(&mut u, &mut late);
+    assert!(late.is_empty(), "{late:?}");
+    assert_eq!(u.in_flight(), 0);
+}
+
+fn cancel_fd_cancels_everything_on_the_fd(by_fd: bool) {
+    let mut u = Uring::new(&Config {
+        cq_entries: Some(8),
+        ..Config::default()
+    })
+    .unwrap();
+    u.features.cancel_fd &= by_fd;
+    let (r, _w) = pipe(0);
+    let (other, other_w) = pipe(0);
+    // More reads than the ring takes at once: some wait in the backlog.
+    let mut bufs = [[0u8; 4]; 12];
+    let mut other_buf = [0u8; 4];
+    for (i, b) in bufs.iter_mut().enumerate() {
+        // SAFETY: the buffers and fds outlive the final completions, awaited below.
+        unsafe {
+            u.push(
+                Op::Read {
+                    fd: r.as_raw_fd(),
+                    buf: b.as_mut_ptr(),
+                    len: 4,
+                    offset: None,
+                },
+                i as u64,
+            )
+        };
+    }
+    let mut out = Vec::new();
+    settle(&mut u, &mut out);
+    assert!(!u.backlog.is_empty());
+    assert_eq!(u.cancel_fd(r.as_raw_fd()), 12);
+    // An operation on another fd is untouched and still completes.
+    // SAFETY: as above.
+    unsafe {
+        u.push(
+            Op::Read {
+                fd: other.as_raw_fd(),
+                buf: other_buf.as_mut_ptr(),
+                len: 4,
+                offset: None,
+            },
+            100,
+        )
+    };
+    let out = wait_finals(&mut u, 12);
+    let mut count = HashMap::new();
+    for c in &out {
+        assert_eq!((c.result, c.more), (-libc::ECANCELED, false), "{c:?}");
+        *count.entry(c.user_data).or_insert(0) += 1;
+    }
+    assert_eq!(count.len(), 12);
+    assert!(count.values().all(|&n| n == 1));
+    write_all(other_w.as_raw_fd(), b"abcd");
+    let out = wait_finals(&mut u, 1);
+    assert_eq!((out[0].user_data, out[0].result), (100, 4));
+    assert_eq!(u.in_flight(), 0);
+}
+
+#[test]
+fn cancel_fd_native() {
+    cancel_fd_cancels_everything_on_the_fd(true);
+}
+
+#[test]
+fn cancel_fd_emulated() {
+    cancel_fd_cancels_everything_on_the_fd(false);
+}
+
+#[test]
+fn shutdown_ends_everything() {
+    let mut u = Uring::new(&Config {
+        cq_entries: Some(8),
+        ..Config::default()
+    })
+    .unwrap();
+    let (r, _w) = pipe(0);
+    let efd = eventfd();
+    let mut bufs = [[0u8; 4]; 20];
+    for (i, b) in bufs.iter_mut().enumerate() {
+        // SAFETY: the buffers and fds outlive shutdown, which returns every final completion.
+        unsafe {
+            u.push(
+                Op::Read {
+                    fd: r.as_raw_fd(),
+                    buf: b.as_mut_ptr(),
+                    len: 4,
+                    offset: None,
+                },
+                i as u64,
+            )
+        };
+    }
+    // SAFETY: as above.
+    unsafe {
+        u.push(
+            Op::Poll {
+                fd: efd.as_raw_fd(),
+                events: interest::READABLE,
+                multishot: true,
+            },
+            99,
+        )
+    };
+    let mut out = Vec::new();
+    u.shutdown(&mut out);
+    assert_eq!(u.in_flight(), 0);
+    let finals: Vec<_> = out.iter().filter(|c| !c.more).collect();
+    assert_eq!(finals.len(), 21);
+    assert!(finals.iter().all(|c| c.result == -libc::ECANCELED));
+    // The driver still works afterwards.
+    // SAFETY: a Nop references nothing.
+    unsafe { u.push(Op::Nop, 1) };
+    assert_eq!(wait_finals(&mut u, 1)[0].result, 0);
+}
+
+#[test]
+fn send_never_raises_sigpipe_and_close_works() {
+    let mut u = ring();
+    let mut sv = [0; 2];
+    // SAFETY: `sv` is a writable array of two ints.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0);
+    // SAFETY: a fresh fd owned by nobody else.
+    drop(unsafe { OwnedFd::from_raw_fd(sv[1]) });
+    let msg = b"x";
+    // SAFETY: `msg` is static; the fd is transferred by the Close pushed after the Send.
+    unsafe {
+        u.push(
+            Op::Send {
+                fd: sv[0],
+                buf: msg.as_ptr(),
+                len: 1,
+                flags: 0,
+            },
+            1,
+        );
+    }
+    let out = wait_finals(&mut u, 1);
+    assert_eq!(out[0].result, -libc::EPIPE);
+    // SAFETY: the Close takes over the fd.
+    unsafe { u.push(Op::Close { fd: sv[0] }, 2) };
+    assert_eq!(wait_finals(&mut u, 1)[0].result, 0);
+}
+
+#[test]
+fn unavailable_errors_keep_their_errno() {
+    for (errno, unavailable) in [
+        (libc::ENOSYS, true),
+        (libc::EPERM, true),
+        (libc::EOPNOTSUPP, true),
+        (libc::EACCES, true),
+        (libc::EINVAL, true),
+        (libc::ENOMEM, false),
+        (libc::EMFILE, false),
+        (libc::ENFILE, false),
+    ] {
+        let raw = io::Error::from_raw_os_error(errno);
+        assert_eq!(is_unavailable(&raw), unavailable, "{raw}");
+        let e = setup::setup_error(errno, format!("io_uring_setup failed: {raw}: why"));
+        assert_eq!(is_unavailable(&e), unavailable, "{e}");
+        assert_eq!(e.kind(), raw.kind());
+        assert_eq!(e.to_string(), format!("io_uring_setup failed: {raw}: why"));
+        assert_eq!(setup::errno_of(&e), Some(errno));
+    }
+    let plain = io::Error::other("no errno");
+    assert!(!is_unavailable(&plain));
+}

@@ -1,0 +1,120 @@
+//! [`LoopHandle`]: the part of a loop that other threads may hold.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use fdloop_backends::Waker;
+
+use crate::Loop;
+
+/// A closure posted to a loop from another thread.
+pub(crate) type Posted = Box<dyn FnOnce(&Loop) + Send>;
+
+/// State shared between a loop and its handles.
+pub(crate) struct Shared {
+    pub(crate) queue: Mutex<VecDeque<Posted>>,
+    pub(crate) waker: Waker,
+    pub(crate) stop: AtomicBool,
+    pub(crate) closed: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new(waker: Waker) -> Shared {
+        Shared {
+            queue: Mutex::new(VecDeque::new()),
+            waker,
+            stop: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn post(&self, f: Posted) -> io::Result<()> {
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            // Checked under the lock: `close` sets `closed` and then drains under the same lock,
+            // so a closure is either run or refused, never silently dropped.
+            if self.closed.load(Ordering::Acquire) {
+                return Err(closed_error());
+            }
+            q.push_back(f);
+        }
+        self.waker.wake();
+        Ok(())
+    }
+}
+
+pub(crate) fn closed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the loop has been closed")
+}
+
+/// A handle to a [`Loop`] that any thread may hold: `Send + Sync + Clone`.
+///
+/// It posts closures to run on the loop's thread and stops the loop. A handle does not keep
+/// [`Loop::run`] going by itself: a loop with nothing else to wait for returns from `run` even if
+/// handles exist (use [`Loop::run_for`], or keep a source such as a timer running).
+///
+/// ```
+/// use fdloop::Loop;
+/// use std::time::Duration;
+///
+/// let lp = Loop::new()?;
+/// let handle = lp.handle();
+/// std::thread::spawn(move || {
+///     handle.post(|lp| {
+///         println!("hello from the loop thread");
+///         lp.stop();
+///     }).unwrap();
+/// });
+/// lp.run_for(Duration::from_secs(5))?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct LoopHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl LoopHandle {
+    /// Runs `f` on the loop's thread during one of its next iterations. Closures posted by one
+    /// thread run in the order they were posted.
+    ///
+    /// # Errors
+    ///
+    /// `NotConnected` when the loop has been closed or dropped; `f` is not run.
+    pub fn post<F>(&self, f: F) -> io::Result<()>
+    where
+        F: FnOnce(&Loop) + Send + 'static,
+    {
+        self.shared.post(Box::new(f))
+    }
+
+    /// Makes the loop's `run` (or `run_for`) return after its current iteration, from any thread.
+    /// Stopping twice is the same as stopping once.
+    ///
+    /// # Errors
+    ///
+    /// `NotConnected` when the loop has been closed or dropped.
+    pub fn stop(&self) -> io::Result<()> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(closed_error());
+        }
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.waker.wake();
+        Ok(())
+    }
+
+    /// Whether the loop has been closed or dropped.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for LoopHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoopHandle")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}

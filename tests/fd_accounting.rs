@@ -1,0 +1,102 @@
+//! fd accounting and fd-number reuse. Everything here depends on which fd numbers the process
+//! hands out, so it runs as one test, one backend after the other, with no other test opening
+//! or closing fds meanwhile.
+
+mod common;
+
+use std::cell::Cell;
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::time::Duration;
+
+use common::{fd_count, pipe};
+use fdloop::{BackendChoice, Interest, Loop, Timer};
+
+/// Watch a pipe, close it behind the loop's back, put a new readable socket on the same fd
+/// number and register it: the old callback never runs, the new one does.
+fn stale_registration_never_reaches_a_reused_fd_number(lp: &Loop) {
+    let (r, w) = pipe();
+    let num = r.as_raw_fd();
+    lp.start_poll(num, Interest::READABLE, |_, _| {
+        panic!("stale registration fired")
+    })
+    .unwrap();
+    lp.run_for(Duration::from_millis(5)).unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    drop(r);
+    (&a).write_all(b"new").unwrap();
+    // SAFETY: dup2 onto the freed number; `b` stays owned and is closed below.
+    assert_eq!(unsafe { libc::dup2(b.as_raw_fd(), num) }, num);
+    // SAFETY: `num` now names a fresh duplicate that only this OwnedFd owns.
+    let reused = unsafe { OwnedFd::from_raw_fd(num) };
+    let got = Rc::new(Cell::new(false));
+    let g = got.clone();
+    lp.start_poll(num, Interest::READABLE, move |lp, _| {
+        g.set(true);
+        lp.detach(num).unwrap();
+    })
+    .unwrap();
+    lp.run().unwrap();
+    assert!(got.get());
+    drop((w, reused, a, b));
+}
+
+/// `close()` with reads, accepts and polls in flight returns and leaks no fd.
+fn close_with_work_in_flight(choice: BackendChoice) {
+    let before = fd_count();
+    {
+        let Some(lp) = common::new_loop(choice) else {
+            return;
+        };
+        let (r, w) = pipe();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        for _ in 0..50 {
+            lp.read(&r, vec![0; 128], |_, _, _| {
+                panic!("callbacks are dropped at close")
+            });
+            lp.accept(&listener, |_, _| panic!("callbacks are dropped at close"));
+        }
+        lp.start_poll(&r, fdloop::Interest::READABLE, |_, _| panic!("no event"))
+            .unwrap();
+        lp.start_timer(Timer::after(Duration::from_secs(60)), |_, _| {});
+        let handle = lp.handle();
+        lp.run_for(Duration::from_millis(5)).unwrap();
+        lp.close().unwrap();
+        assert!(
+            handle.post(|_| {}).is_err(),
+            "posting to a closed loop is an error"
+        );
+        assert!(handle.stop().is_err());
+        drop((r, w, listener));
+    }
+    assert_eq!(fd_count(), before, "close() leaked an fd");
+}
+
+#[test]
+fn fd_numbers_and_accounting_on_both_backends() {
+    for choice in [BackendChoice::Uring, BackendChoice::Epoll] {
+        if let Some(lp) = common::new_loop(choice) {
+            stale_registration_never_reaches_a_reused_fd_number(&lp);
+        }
+    }
+    close_with_work_in_flight(BackendChoice::Uring);
+    close_with_work_in_flight(BackendChoice::Epoll);
+    // Dropping instead of closing does the same.
+    let before = fd_count();
+    for choice in [BackendChoice::Uring, BackendChoice::Epoll] {
+        let Some(lp) = common::new_loop(choice) else {
+            continue;
+        };
+        let (r, w) = pipe();
+        for _ in 0..100 {
+            lp.read(&r, vec![0; 16], |_, _, _| {});
+        }
+        lp.run_for(Duration::from_millis(2)).unwrap();
+        drop(lp);
+        drop((r, w));
+    }
+    assert_eq!(fd_count(), before, "drop leaked an fd");
+}
