@@ -24,6 +24,7 @@ pub struct LoopBuilder {
     backend: Option<BackendChoice>,
     config: Config,
     pool_threads: Option<usize>,
+    stack_size: usize,
 }
 
 impl Default for LoopBuilder {
@@ -40,6 +41,7 @@ impl LoopBuilder {
             backend: None,
             config: Config::default(),
             pool_threads: None,
+            stack_size: crate::fiber::DEFAULT_STACK_SIZE,
         }
     }
 
@@ -75,6 +77,13 @@ impl LoopBuilder {
     /// where file I/O is asynchronous in the kernel).
     pub fn file_threads(mut self, threads: usize) -> LoopBuilder {
         self.config.file_threads = threads.max(1);
+        self
+    }
+
+    /// The default stack size of this loop's fibers (default 64 KiB; at least 4 KiB). Stacks
+    /// of this size are pooled and reused.
+    pub fn stack_size(mut self, bytes: usize) -> LoopBuilder {
+        self.stack_size = bytes.max(4096);
         self
     }
 
@@ -121,6 +130,6 @@ impl LoopBuilder {
                 .map(|n| n.get())
                 .unwrap_or(2)
         });
-        Ok(Loop::from_parts(driver, info, pool))
+        Ok(Loop::from_parts(driver, info, pool, self.stack_size))
     }
 }

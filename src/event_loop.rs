@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use fdloop_backends::{BackendInfo, Completion, Driver, Op, OpId, OpSlab};
 
 use crate::builder::LoopBuilder;
+use crate::fiber::Fibers;
 use crate::handle::{LoopHandle, Posted, Shared};
 use crate::io::Pending;
 use crate::poll::Polls;
@@ -69,6 +70,8 @@ pub(crate) enum OpKind {
     Poll(OpId),
     /// A completion-style I/O operation with its owned buffer and callback.
     Io(Box<dyn Pending>),
+    /// An operation a fiber waits for (its memory is kept valid by the fiber's guard).
+    Fiber(OpId),
 }
 
 /// A driver operation the loop pushed.
@@ -93,6 +96,7 @@ pub(crate) struct Inner {
     pub(crate) signals: RefCell<Signals>,
     pub(crate) signal_pending: Arc<AtomicBool>,
     pub(crate) blocking: RefCell<Blocking>,
+    pub(crate) fibers: RefCell<Fibers>,
     pub(crate) running: Cell<bool>,
     pub(crate) panic: RefCell<Option<Box<dyn Any + Send>>>,
     pub(crate) epoch: Instant,
@@ -116,7 +120,12 @@ impl Loop {
         LoopBuilder::new()
     }
 
-    pub(crate) fn from_parts(driver: Driver, info: BackendInfo, pool_threads: usize) -> Loop {
+    pub(crate) fn from_parts(
+        driver: Driver,
+        info: BackendInfo,
+        pool_threads: usize,
+        stack_size: usize,
+    ) -> Loop {
         let shared = Arc::new(Shared::new(driver.waker()));
         let epoch = Instant::now();
         Loop {
@@ -133,6 +142,7 @@ impl Loop {
                 signals: RefCell::new(Signals::default()),
                 signal_pending: Arc::new(AtomicBool::new(false)),
                 blocking: RefCell::new(Blocking::new(pool_threads)),
+                fibers: RefCell::new(Fibers::new(stack_size)),
                 running: Cell::new(false),
                 panic: RefCell::new(None),
                 epoch,
@@ -211,7 +221,7 @@ impl Loop {
     /// Currently infallible in practice; the `Result` leaves room for reporting a kernel error
     /// during teardown.
     pub fn close(self) -> io::Result<()> {
-        self.inner.deinit();
+        self.deinit();
         Ok(())
     }
 
@@ -219,6 +229,7 @@ impl Loop {
     fn is_alive(&self) -> bool {
         let inner = &*self.inner;
         inner.driver.borrow().in_flight() > 0
+            || inner.fibers.borrow().len() > 0
             || !inner.timers.borrow().is_empty()
             || !inner.signals.borrow().is_empty()
             || inner.blocking.borrow().pending() > 0
@@ -283,6 +294,7 @@ impl Loop {
         if self.panicked() {
             return Ok(());
         }
+        self.run_fibers();
         self.fire_timers();
         if self.panicked() {
             return Ok(());
@@ -297,6 +309,7 @@ impl Loop {
         }
 
         let busy = inner.shared.stop.load(Ordering::Acquire)
+            || inner.fibers.borrow().has_ready()
             || inner.signal_pending.load(Ordering::Acquire)
             || !inner.leftover.borrow().is_empty()
             || !inner
@@ -379,6 +392,7 @@ impl Loop {
             Some(OpKind::Io(pending)) => {
                 self.call_user(|| pending.complete(self, c.result));
             }
+            Some(OpKind::Fiber(fiber)) => self.fiber_op_completed(fiber, c.result),
         }
     }
 
@@ -464,30 +478,34 @@ impl Loop {
     }
 }
 
-impl Inner {
+impl Loop {
     /// Tears the loop down (see [`Loop::close`]). Idempotent.
     fn deinit(&self) {
+        let inner = &*self.inner;
         {
-            let q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if self.shared.closed.swap(true, Ordering::AcqRel) {
+            let q = inner.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if inner.shared.closed.swap(true, Ordering::AcqRel) {
                 return;
             }
             drop(q);
         }
         // Unregister signal actions first so that no handler wakes a dying loop.
-        self.signals.borrow_mut().clear();
-        self.timers.borrow_mut().clear();
-        self.polls.borrow_mut().clear();
+        inner.signals.borrow_mut().clear();
+        // Unwind suspended fibers: their destructors run, and the guards of their operations
+        // cancel and wait for the final completions before their stacks go (I2).
+        self.unwind_fibers();
+        inner.timers.borrow_mut().clear();
+        inner.polls.borrow_mut().clear();
         // Every operation in flight: cancel, wait for its final completion, then free what it
         // owned (I1, I2). Accepted fds that were never handed out are closed here.
         let mut finals = Vec::new();
-        self.driver.borrow_mut().shutdown(&mut finals);
-        let leftover: Vec<Completion> = self.leftover.borrow_mut().drain(..).collect();
+        inner.driver.borrow_mut().shutdown(&mut finals);
+        let leftover: Vec<Completion> = inner.leftover.borrow_mut().drain(..).collect();
         for c in leftover.into_iter().chain(finals) {
             if c.more {
                 continue;
             }
-            let entry = self.ops.borrow_mut().remove(OpId::from_u64(c.user_data));
+            let entry = inner.ops.borrow_mut().remove(OpId::from_u64(c.user_data));
             if let Some(OpEntry {
                 kind: OpKind::Io(pending),
                 ..
@@ -497,19 +515,19 @@ impl Inner {
             }
         }
         // Anything still recorded never reached the kernel's completion path; drop it.
-        let rest: Vec<OpId> = self.ops.borrow().ids();
+        let rest: Vec<OpId> = inner.ops.borrow().ids();
         for id in rest {
-            let entry = self.ops.borrow_mut().remove(id);
+            let entry = inner.ops.borrow_mut().remove(id);
             drop(entry);
         }
-        self.blocking.borrow_mut().shutdown();
+        inner.blocking.borrow_mut().shutdown();
         let posted: VecDeque<Posted> =
-            std::mem::take(&mut *self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()));
+            std::mem::take(&mut *inner.shared.queue.lock().unwrap_or_else(|e| e.into_inner()));
         drop(posted);
     }
 }
 
-impl Drop for Inner {
+impl Drop for Loop {
     fn drop(&mut self) {
         self.deinit();
     }

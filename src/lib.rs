@@ -72,8 +72,10 @@
 mod builder;
 mod descriptor;
 mod event_loop;
+pub mod fiber;
 mod handle;
 mod io;
+mod pipe;
 mod poll;
 mod pool;
 mod signal;
@@ -86,6 +88,7 @@ pub use event_loop::Loop;
 pub use fdloop_backends::{BackendChoice, BackendInfo, BackendKind};
 pub use handle::LoopHandle;
 pub use io::IoId;
+pub use pipe::{pipe, PipeReader, PipeWriter};
 pub use poll::{Interest, Readiness};
 pub use pool::QUEUE_CAPACITY;
 pub use signal::{Signal, SignalId};

@@ -15,6 +15,17 @@ pub(crate) fn cvt(ret: i32) -> io::Result<i32> {
     }
 }
 
+/// Sets `O_NONBLOCK` on an fd the caller owns.
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL take no pointers.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    if flags & libc::O_NONBLOCK == 0 {
+        // SAFETY: as above.
+        cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    }
+    Ok(())
+}
+
 /// Turns a completion result (`-errno` or a value) into an `io::Result`.
 pub(crate) fn result(res: i32) -> io::Result<usize> {
     if res < 0 {

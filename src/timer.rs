@@ -105,12 +105,22 @@ impl fmt::Debug for TimerId {
 
 type TimerCallback = Box<dyn FnMut(&Loop, TimerId)>;
 
+/// What a timer does when it fires.
+pub(crate) enum Action {
+    /// A user callback.
+    Call(TimerCallback),
+    /// Makes a sleeping fiber ready (no allocation per sleep).
+    Wake(OpId),
+    /// Cancels a loop operation (a fiber I/O timeout).
+    Cancel(OpId),
+}
+
 struct Entry {
     /// `None` while the timer is firing (or for a one-shot timer that has fired).
     wheel_key: Option<TimerKey>,
     period: Option<u64>,
     /// Taken out while the callback runs.
-    callback: Option<TimerCallback>,
+    callback: Option<Action>,
 }
 
 /// The loop's timers: the wheel of deadlines and the entries it points to.
@@ -185,7 +195,7 @@ impl Loop {
         let key = timers.entries.insert(Entry {
             wheel_key: None,
             period: timer.period.map(dur_ns),
-            callback: Some(Box::new(callback)),
+            callback: Some(Action::Call(Box::new(callback))),
         });
         let wk = timers.wheel.insert(deadline, key);
         if let Some(e) = timers.entries.get_mut(key) {
@@ -195,6 +205,29 @@ impl Loop {
             serial: self.inner.serial,
             key,
         }
+    }
+
+    /// Starts an internal one-shot timer at `deadline_ns` (loop clock) that runs `action`.
+    pub(crate) fn start_internal_timer(&self, deadline_ns: u64, action: Action) -> TimerId {
+        let mut timers = self.inner.timers.borrow_mut();
+        let key = timers.entries.insert(Entry {
+            wheel_key: None,
+            period: None,
+            callback: Some(action),
+        });
+        let wk = timers.wheel.insert(deadline_ns, key);
+        if let Some(e) = timers.entries.get_mut(key) {
+            e.wheel_key = Some(wk);
+        }
+        TimerId {
+            serial: self.inner.serial,
+            key,
+        }
+    }
+
+    /// Whether the timer is still pending (not fired, not stopped).
+    pub(crate) fn timer_pending(&self, id: TimerId) -> bool {
+        self.inner.timers.borrow().entries.get(id.key).is_some()
     }
 
     /// Stops a timer: it will not fire again and its callback is dropped (at once, or when it
@@ -285,7 +318,17 @@ impl Loop {
                 key,
             };
             let mut callback = callback;
-            let ok = self.call_user(|| callback(self, id)).is_some();
+            let ok = match &mut callback {
+                Action::Call(cb) => self.call_user(|| cb(self, id)).is_some(),
+                Action::Wake(fiber) => {
+                    self.make_ready(*fiber);
+                    true
+                }
+                Action::Cancel(op) => {
+                    self.cancel_op(*op);
+                    true
+                }
+            };
             let dropped = {
                 let mut timers = self.inner.timers.borrow_mut();
                 let Timers { wheel, entries } = &mut *timers;

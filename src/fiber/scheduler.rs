@@ -1,0 +1,379 @@
+//! The fiber scheduler: fiber slots, the ready queue, pooled stacks, suspending and resuming,
+//! and the guard that makes lending a fiber's stack memory to the kernel sound.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::rc::Rc;
+use std::thread;
+use std::time::Duration;
+
+use corosensei::stack::DefaultStack;
+use corosensei::{Coroutine, CoroutineResult, Yielder};
+use fdloop_backends::{Op, OpId, OpSlab};
+
+use crate::event_loop::{Inner, OpKind};
+use crate::fiber::JoinState;
+use crate::Loop;
+
+type Co = Coroutine<(), (), (), DefaultStack>;
+
+/// Stacks kept for reuse (each is two mappings: the stack and its guard page).
+const POOLED_STACKS: usize = 1024;
+
+/// The default fiber stack size.
+pub(crate) const DEFAULT_STACK_SIZE: usize = 64 * 1024;
+
+pub(crate) struct Slot {
+    /// Taken out while the fiber runs.
+    co: Option<Co>,
+    /// The fiber's yielder, on its own stack; null until it first ran.
+    yielder: *const Yielder<(), ()>,
+    /// Result of the last operation the fiber waited for.
+    pub(crate) result: i32,
+    /// In the ready queue.
+    queued: bool,
+    stack_size: usize,
+}
+
+/// A loop's fibers.
+pub(crate) struct Fibers {
+    slots: OpSlab<Slot>,
+    ready: VecDeque<OpId>,
+    stacks: Vec<DefaultStack>,
+    pub(crate) stack_size: usize,
+}
+
+impl Fibers {
+    pub(crate) fn new(stack_size: usize) -> Fibers {
+        Fibers {
+            slots: OpSlab::new(),
+            ready: VecDeque::new(),
+            stacks: Vec::new(),
+            stack_size,
+        }
+    }
+
+    /// Fibers that have not finished.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    fn take_stack(&mut self, size: usize) -> io::Result<DefaultStack> {
+        if size == self.stack_size {
+            if let Some(s) = self.stacks.pop() {
+                return Ok(s);
+            }
+        }
+        DefaultStack::new(size).map_err(|e| {
+            let hint = if e.raw_os_error() == Some(libc::ENOMEM) {
+                " — each fiber stack is two memory mappings (stack + guard page) and the \
+                 kernel limits mappings per process (vm.max_map_count, 65530 by default); \
+                 raise it with `sysctl vm.max_map_count=…`, or use fewer fibers"
+            } else {
+                ""
+            };
+            io::Error::new(
+                e.kind(),
+                format!("cannot map a {size}-byte fiber stack: {e}{hint}"),
+            )
+        })
+    }
+
+    fn recycle(&mut self, co: Co, size: usize) {
+        if size == self.stack_size && self.stacks.len() < POOLED_STACKS {
+            self.stacks.push(co.into_stack());
+        }
+    }
+}
+
+/// What the running fiber needs to reach its loop.
+#[derive(Clone, Copy)]
+pub(crate) struct Current {
+    /// The loop that resumed the fiber; valid while the fiber runs (set on every resume).
+    pub(crate) lp: *const Loop,
+    pub(crate) fiber: OpId,
+    yielder: *const Yielder<(), ()>,
+    /// The fiber is being unwound because its loop is closing: it must not suspend.
+    pub(crate) closing: bool,
+}
+
+thread_local! {
+    static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
+}
+
+/// The running fiber, if any.
+pub(crate) fn current() -> Option<Current> {
+    CURRENT.with(Cell::get)
+}
+
+/// The running fiber, or a panic that says what to do.
+pub(crate) fn current_or_panic(what: &str) -> Current {
+    current().unwrap_or_else(|| {
+        panic!(
+            "{what} must be called inside a fiber: start one with Loop::spawn (or \
+             fdloop::fiber::spawn from another fiber); from callbacks, use the callback \
+             APIs of Loop instead"
+        )
+    })
+}
+
+/// Suspends the running fiber until something makes it ready again.
+///
+/// # Panics
+///
+/// Outside a fiber.
+pub(crate) fn suspend() {
+    let cur = current_or_panic("suspending");
+    assert!(
+        !cur.closing,
+        "a fiber must not block while its loop is closing"
+    );
+    // SAFETY: the yielder lives on this fiber's own stack, which is the stack we are running
+    // on; it is valid for as long as this fiber runs.
+    let yielder = unsafe { &*cur.yielder };
+    yielder.suspend(());
+}
+
+impl Loop {
+    /// Spawns a fiber with `stack_size` bytes of stack.
+    pub(crate) fn spawn_fiber<T, F>(
+        &self,
+        stack_size: usize,
+        f: F,
+    ) -> io::Result<(OpId, Rc<JoinState<T>>)>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        let state: Rc<JoinState<T>> = Rc::new(JoinState::new());
+        let st = state.clone();
+        let stack = self.inner.fibers.borrow_mut().take_stack(stack_size)?;
+        let co = Co::with_stack(stack, move |yielder: &Yielder<(), ()>, ()| {
+            CURRENT.with(|c| {
+                if let Some(mut cur) = c.get() {
+                    cur.yielder = yielder;
+                    c.set(Some(cur));
+                }
+            });
+            let result = panic::catch_unwind(AssertUnwindSafe(f));
+            if result.is_err() && current().is_some_and(|c| c.closing) {
+                // The loop is closing and unwinds this fiber: let the unwind go on.
+                if let Err(payload) = result {
+                    panic::resume_unwind(payload);
+                }
+                unreachable!();
+            }
+            st.finish(result);
+        });
+        let id = self.inner.fibers.borrow_mut().slots.insert(Slot {
+            co: Some(co),
+            yielder: std::ptr::null(),
+            result: 0,
+            queued: false,
+            stack_size,
+        });
+        self.make_ready(id);
+        Ok((id, state))
+    }
+
+    /// Queues fiber `id` to run in the next fiber phase (no effect if it is queued already or
+    /// has finished).
+    pub(crate) fn make_ready(&self, id: OpId) {
+        let mut fibers = self.inner.fibers.borrow_mut();
+        if let Some(slot) = fibers.slots.get_mut(id) {
+            if !slot.queued {
+                slot.queued = true;
+                fibers.ready.push_back(id);
+            }
+        }
+    }
+
+    /// Runs the fibers that are ready now (fibers made ready meanwhile wait for the next
+    /// iteration, so the phase is bounded).
+    pub(crate) fn run_fibers(&self) {
+        let n = self.inner.fibers.borrow().ready.len();
+        for _ in 0..n {
+            let taken = {
+                let mut fibers = self.inner.fibers.borrow_mut();
+                let Some(id) = fibers.ready.pop_front() else {
+                    break;
+                };
+                fibers.slots.get_mut(id).and_then(|slot| {
+                    slot.queued = false;
+                    slot.co.take().map(|co| (id, co, slot.yielder))
+                })
+            };
+            let Some((id, mut co, yielder)) = taken else {
+                continue;
+            };
+            let previous = CURRENT.with(|c| {
+                c.replace(Some(Current {
+                    lp: self,
+                    fiber: id,
+                    yielder,
+                    closing: false,
+                }))
+            });
+            let outcome = co.resume(());
+            let now = CURRENT.with(|c| c.replace(previous));
+            let mut fibers = self.inner.fibers.borrow_mut();
+            match outcome {
+                CoroutineResult::Yield(()) => {
+                    if let Some(slot) = fibers.slots.get_mut(id) {
+                        slot.yielder = now.map_or(std::ptr::null(), |c| c.yielder);
+                        slot.co = Some(co);
+                    }
+                }
+                CoroutineResult::Return(()) => {
+                    if let Some(slot) = fibers.slots.remove(id) {
+                        fibers.recycle(co, slot.stack_size);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Unwinds every suspended fiber (the loop is closing). Their destructors run; operations
+    /// they had in flight are cancelled and waited for by their guards.
+    pub(crate) fn unwind_fibers(&self) {
+        loop {
+            let taken = {
+                let mut fibers = self.inner.fibers.borrow_mut();
+                let Some(id) = fibers.slots.ids().into_iter().next() else {
+                    break;
+                };
+                fibers.slots.remove(id).map(|slot| (id, slot))
+            };
+            let Some((id, mut slot)) = taken else { break };
+            if let Some(mut co) = slot.co.take() {
+                let previous = CURRENT.with(|c| {
+                    c.replace(Some(Current {
+                        lp: self,
+                        fiber: id,
+                        yielder: slot.yielder,
+                        closing: true,
+                    }))
+                });
+                let r = panic::catch_unwind(AssertUnwindSafe(|| co.force_unwind()));
+                CURRENT.with(|c| c.set(previous));
+                drop(r);
+                drop(co);
+            }
+        }
+        self.inner.fibers.borrow_mut().ready.clear();
+    }
+
+    /// A loop operation pushed by fiber `fiber` completed.
+    pub(crate) fn fiber_op_completed(&self, fiber: OpId, result: i32) {
+        if let Some(slot) = self.inner.fibers.borrow_mut().slots.get_mut(fiber) {
+            slot.result = result;
+        }
+        self.make_ready(fiber);
+    }
+}
+
+/// Pushes `op` for the running fiber, suspends it until the operation's final completion
+/// and returns the result (`-errno` or a value).
+///
+/// # Safety
+///
+/// Memory and the fd that `op` references must stay valid until this function returns or
+/// unwinds. Memory on the calling fiber's stack qualifies: the guard in this function keeps
+/// the fiber's stack alive until the final completion (I2), even when the fiber is unwound.
+pub(crate) unsafe fn fiber_io(op: Op, timeout: Option<Duration>) -> i32 {
+    let cur = current_or_panic("fdloop fiber I/O");
+    if cur.closing {
+        return -libc::ECANCELED;
+    }
+    // SAFETY: `cur.lp` was set by the loop when it resumed this fiber and stays valid while
+    // the fiber runs.
+    let lp = unsafe { &*cur.lp };
+    // SAFETY: forwarded from this function's contract; the guard below waits for the final
+    // completion on every path out of this function (I2, I3).
+    let key = unsafe { lp.push_op(op, OpKind::Fiber(cur.fiber)) };
+    let guard = InFlight {
+        inner: lp.inner.clone(),
+        key,
+    };
+    let timer = timeout.map(|t| {
+        let deadline = lp.now_ns().saturating_add(dur_ns(t));
+        lp.start_internal_timer(deadline, crate::timer::Action::Cancel(key))
+    });
+    while guard.inner.ops.borrow().get(key).is_some() {
+        suspend();
+    }
+    std::mem::forget(guard);
+    // Re-read the loop: the fiber may have been resumed by a `run` on a moved `Loop`.
+    let cur = current_or_panic("fdloop fiber I/O");
+    // SAFETY: as above, valid while the fiber runs.
+    let lp = unsafe { &*cur.lp };
+    let mut result = lp
+        .inner
+        .fibers
+        .borrow()
+        .slots
+        .get(cur.fiber)
+        .map_or(0, |s| s.result);
+    if let Some(t) = timer {
+        if lp.timer_pending(t) {
+            let _ = lp.stop_timer(t);
+        } else if result == -libc::ECANCELED {
+            result = -libc::ETIMEDOUT;
+        }
+    }
+    result
+}
+
+fn dur_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Keeps an operation's memory valid: if the fiber is unwound while the operation is in flight,
+/// dropping this guard cancels it and waits — without suspending — for its final completion.
+struct InFlight {
+    inner: Rc<Inner>,
+    key: OpId,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.inner.cancel_and_wait(self.key);
+    }
+}
+
+impl Inner {
+    /// Cancels loop operation `key` and drives the driver until its final completion has
+    /// arrived (other completions are kept for the next dispatch). Blocks: used only where
+    /// suspending is impossible (a fiber being unwound).
+    pub(crate) fn cancel_and_wait(&self, key: OpId) {
+        let driver_id = match self.ops.borrow().get(key) {
+            Some(e) => e.driver_id,
+            None => return,
+        };
+        self.driver.borrow_mut().cancel(driver_id);
+        let mut buf = Vec::new();
+        while self.ops.borrow().get(key).is_some() {
+            buf.clear();
+            let r = self
+                .driver
+                .borrow_mut()
+                .wait(Some(Duration::from_millis(100)), &mut buf);
+            for c in buf.drain(..) {
+                if c.user_data == key.to_u64() && !c.more {
+                    self.ops.borrow_mut().remove(key);
+                } else {
+                    self.leftover.borrow_mut().push_back(c);
+                }
+            }
+            if r.is_err() {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
