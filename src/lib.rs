@@ -73,12 +73,16 @@ mod builder;
 mod descriptor;
 mod event_loop;
 pub mod fiber;
+pub mod fs;
 mod handle;
 mod io;
+pub mod loops;
+pub mod net;
 mod pipe;
 mod poll;
 mod pool;
 mod signal;
+pub mod sync;
 mod sys;
 mod timer;
 

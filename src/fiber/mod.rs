@@ -63,7 +63,11 @@ use crate::timer::Action;
 use crate::Loop;
 
 pub(crate) mod ops;
+mod overflow;
 pub(crate) mod scheduler;
+mod unblock;
+
+pub use unblock::unblock;
 
 pub(crate) use scheduler::{current, Fibers, DEFAULT_STACK_SIZE};
 
