@@ -110,7 +110,7 @@ impl LoopBuilder {
             ..self.config
         };
         let driver = Driver::new(&config).map_err(|e| {
-            if origin.is_empty() {
+            if choice != BackendChoice::Uring {
                 e
             } else {
                 io::Error::new(e.kind(), format!("{e} (io_uring was forced {origin})"))

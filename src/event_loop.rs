@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,6 +104,28 @@ pub(crate) struct Inner {
 
 static NEXT_SERIAL: AtomicU32 = AtomicU32::new(1);
 
+thread_local! {
+    /// The loops alive on this thread, so that fdloop's own fd types can make them forget an
+    /// fd they are about to close (see [`forget_fd`]).
+    static LOOPS: RefCell<Vec<Weak<Inner>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An fd owned by one of fdloop's types is about to be closed: every loop of this thread
+/// forgets what its driver cached about it (kind, epoll registration), so that the fd number
+/// can be reused safely. Cheap: no syscall unless the epoll backend still has it registered.
+pub(crate) fn forget_fd(fd: std::os::fd::RawFd) {
+    let _ = LOOPS.try_with(|loops| {
+        let Ok(loops) = loops.try_borrow() else {
+            return;
+        };
+        for inner in loops.iter().filter_map(Weak::upgrade) {
+            if let Ok(mut driver) = inner.driver.try_borrow_mut() {
+                driver.forget_fd(fd);
+            }
+        }
+    });
+}
+
 impl Loop {
     /// A loop with the default configuration: the backend from `FDLOOP_BACKEND`, else io_uring
     /// where it works, else epoll.
@@ -128,7 +150,7 @@ impl Loop {
     ) -> Loop {
         let shared = Arc::new(Shared::new(driver.waker()));
         let epoch = Instant::now();
-        Loop {
+        let lp = Loop {
             inner: Rc::new(Inner {
                 serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
                 driver: RefCell::new(driver),
@@ -147,7 +169,21 @@ impl Loop {
                 panic: RefCell::new(None),
                 epoch,
             }),
-        }
+        };
+        LOOPS.with(|loops| {
+            let mut loops = loops.borrow_mut();
+            loops.retain(|w| w.strong_count() > 0);
+            loops.push(Rc::downgrade(&lp.inner));
+        });
+        lp
+    }
+
+    /// Takes this `Loop` value apart without closing the loop (for temporary `Loop`s made over
+    /// shared state).
+    pub(crate) fn inner_rc(self) -> Rc<Inner> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so the Rc is moved out exactly once.
+        unsafe { std::ptr::read(&this.inner) }
     }
 
     /// Which backend runs this loop, and why it was chosen.
@@ -168,8 +204,8 @@ impl Loop {
     ///
     /// # Errors
     ///
-    /// * `WouldBlock`-free misuse: calling `run` (or `run_for`/`run_once`) from inside one of
-    ///   this loop's callbacks gives an `Other` error that says so;
+    /// * calling `run` (or `run_for`/`run_once`) from inside one of this loop's callbacks or
+    ///   fibers: an `Other` error that says so;
     /// * an unexpected error from the kernel wait (io_uring_enter / epoll_wait).
     ///
     /// # Panics
@@ -202,9 +238,10 @@ impl Loop {
         Ok(self.is_alive())
     }
 
-    /// Makes [`Loop::run`] / [`Loop::run_for`] return at the end of the current iteration.
-    /// Callable from callbacks; stopping twice is the same as stopping once. From another
-    /// thread, use [`LoopHandle::stop`].
+    /// Makes [`Loop::run`] / [`Loop::run_for`] return at the end of the current iteration
+    /// (when the loop is not running, the next run returns after one iteration). Callable from
+    /// callbacks; stopping twice is the same as stopping once. From another thread, use
+    /// [`LoopHandle::stop`].
     pub fn stop(&self) {
         self.inner.shared.stop.store(true, Ordering::Release);
     }
@@ -256,7 +293,8 @@ impl Loop {
             }
         }
         let _running = Running(&inner.running);
-        inner.shared.stop.store(false, Ordering::Release);
+        // A stop requested before `run` (from a callback or another thread) is honoured: the
+        // flag is cleared only when a run ends.
         loop {
             let limit = match deadline {
                 None => None,
@@ -489,6 +527,12 @@ impl Loop {
             }
             drop(q);
         }
+        let me = Rc::downgrade(&self.inner);
+        let _ = LOOPS.try_with(|loops| {
+            if let Ok(mut loops) = loops.try_borrow_mut() {
+                loops.retain(|w| !w.ptr_eq(&me) && w.strong_count() > 0);
+            }
+        });
         // Unregister signal actions first so that no handler wakes a dying loop.
         inner.signals.borrow_mut().clear();
         // Unwind suspended fibers: their destructors run, and the guards of their operations

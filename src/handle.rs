@@ -5,6 +5,7 @@ use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::{self, ThreadId};
 
 use fdloop_backends::Waker;
 
@@ -19,6 +20,8 @@ pub(crate) struct Shared {
     pub(crate) waker: Waker,
     pub(crate) stop: AtomicBool,
     pub(crate) closed: AtomicBool,
+    /// The loop's thread (`Shared` is made on it, with the loop).
+    pub(crate) thread: ThreadId,
 }
 
 impl Shared {
@@ -28,6 +31,7 @@ impl Shared {
             waker,
             stop: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            thread: thread::current().id(),
         }
     }
 
@@ -103,6 +107,46 @@ impl LoopHandle {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.waker.wake();
         Ok(())
+    }
+
+    /// Spawns a fiber running `f` on this loop, from any thread: the fiber starts when the loop
+    /// runs the posted request, in one of its next iterations.
+    ///
+    /// ```
+    /// use fdloop::{fiber, Loop};
+    /// use std::time::Duration;
+    ///
+    /// let lp = Loop::new()?;
+    /// let handle = lp.handle();
+    /// let client = std::thread::spawn(move || {
+    ///     let h = handle.spawn(|| {
+    ///         fiber::sleep(Duration::from_millis(1)); // parks the fiber, not the loop
+    ///         21 * 2
+    ///     })?;
+    ///     let v = h.join().unwrap(); // blocks this thread (not the loop's)
+    ///     handle.stop()?;
+    ///     Ok::<_, std::io::Error>(v)
+    /// });
+    /// lp.run_for(Duration::from_secs(10))?;
+    /// assert_eq!(client.join().unwrap()?, 42);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `NotConnected` when the loop has been closed or dropped. Later failures (the loop
+    /// closing before the fiber finishes, a stack that cannot be mapped) are reported by
+    /// [`RemoteJoinHandle::join`].
+    ///
+    /// [`RemoteJoinHandle::join`]: crate::sync::RemoteJoinHandle::join
+    pub fn spawn<F, T>(&self, f: F) -> io::Result<crate::sync::RemoteJoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (handle, post) = crate::sync::remote::remote_spawn(self.shared.thread, f);
+        self.shared.post(Box::new(post))?;
+        Ok(handle)
     }
 
     /// Whether the loop has been closed or dropped.

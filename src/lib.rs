@@ -49,7 +49,10 @@
 //!   [`Loop::write_at`], [`Loop::recv`], [`Loop::send`], [`Loop::accept`], [`Loop::connect`],
 //!   [`Loop::cancel`];
 //! * other threads: [`LoopHandle::post`], [`LoopHandle::stop`];
-//! * the thread pool: [`Loop::spawn_blocking`].
+//! * the thread pool: [`Loop::spawn_blocking`];
+//! * fibers: [`Loop::spawn`] and the [`fiber`] module, with [`pipe`], [`net`], [`fs`] and
+//!   [`sync`] types whose blocking calls suspend only the calling fiber;
+//! * thread-per-core: [`loops::Loops`] runs one loop per thread.
 //!
 //! ## Rules of the road
 //!
@@ -79,7 +82,7 @@ mod io;
 pub mod loops;
 pub mod net;
 mod pipe;
-mod poll;
+pub(crate) mod poll;
 mod pool;
 mod signal;
 pub mod sync;

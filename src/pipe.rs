@@ -23,7 +23,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawF
 use std::time::Duration;
 
 use crate::fiber::ops;
-use crate::sys::{cvt, set_nonblocking};
+use crate::sys::{cvt, set_nonblocking, LoopFd};
 
 /// Creates a pipe for fibers (close-on-exec, non-blocking underneath).
 ///
@@ -38,11 +38,11 @@ pub fn pipe() -> io::Result<(PipeReader, PipeWriter)> {
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     Ok((
         PipeReader {
-            fd: r,
+            fd: LoopFd::new(r),
             timeout: None,
         },
         PipeWriter {
-            fd: w,
+            fd: LoopFd::new(w),
             timeout: None,
         },
     ))
@@ -51,14 +51,14 @@ pub fn pipe() -> io::Result<(PipeReader, PipeWriter)> {
 /// The reading end of a [`pipe`].
 #[derive(Debug)]
 pub struct PipeReader {
-    fd: OwnedFd,
+    fd: LoopFd,
     timeout: Option<Duration>,
 }
 
 /// The writing end of a [`pipe`].
 #[derive(Debug)]
 pub struct PipeWriter {
-    fd: OwnedFd,
+    fd: LoopFd,
     timeout: Option<Duration>,
 }
 
@@ -66,7 +66,8 @@ macro_rules! pipe_end {
     ($t:ident) => {
         impl $t {
             /// Sets how long one read or write may wait (`None`: forever). A call that times
-            /// out fails with `TimedOut` and leaves the pipe usable.
+            /// out fails with `WouldBlock` (as std's socket timeouts do) and leaves the pipe
+            /// usable.
             ///
             /// # Errors
             ///
@@ -97,13 +98,13 @@ macro_rules! pipe_end {
 
         impl IntoRawFd for $t {
             fn into_raw_fd(self) -> RawFd {
-                self.fd.into_raw_fd()
+                self.fd.into_owned().into_raw_fd()
             }
         }
 
         impl From<$t> for OwnedFd {
             fn from(p: $t) -> OwnedFd {
-                p.fd
+                p.fd.into_owned()
             }
         }
 
@@ -111,7 +112,10 @@ macro_rules! pipe_end {
             /// Adopts a pipe end (sets `O_NONBLOCK` on it, which the epoll backend needs).
             fn from(fd: OwnedFd) -> $t {
                 let _ = set_nonblocking(fd.as_raw_fd());
-                $t { fd, timeout: None }
+                $t {
+                    fd: LoopFd::new(fd),
+                    timeout: None,
+                }
             }
         }
     };
@@ -120,14 +124,6 @@ macro_rules! pipe_end {
 pipe_end!(PipeReader);
 pipe_end!(PipeWriter);
 
-fn timed_out(e: io::Error) -> io::Error {
-    if e.raw_os_error() == Some(libc::ETIMEDOUT) {
-        io::Error::new(io::ErrorKind::TimedOut, "pipe operation timed out")
-    } else {
-        e
-    }
-}
-
 impl Read for PipeReader {
     /// Reads what is available, suspending the fiber until something is (0 at end-of-file).
     ///
@@ -135,11 +131,11 @@ impl Read for PipeReader {
     ///
     /// Outside a fiber.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        ops::read(self.fd.as_raw_fd(), buf, None, self.timeout).map_err(timed_out)
+        ops::read(self.fd.as_raw_fd(), buf, None, self.timeout)
     }
 
     fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        ops::readv(self.fd.as_raw_fd(), bufs, None, self.timeout).map_err(timed_out)
+        ops::readv(self.fd.as_raw_fd(), bufs, None, self.timeout)
     }
 }
 
@@ -151,11 +147,11 @@ impl Write for PipeWriter {
     ///
     /// Outside a fiber.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        ops::write(self.fd.as_raw_fd(), buf, None, self.timeout).map_err(timed_out)
+        ops::write(self.fd.as_raw_fd(), buf, None, self.timeout)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        ops::writev(self.fd.as_raw_fd(), bufs, None, self.timeout).map_err(timed_out)
+        ops::writev(self.fd.as_raw_fd(), bufs, None, self.timeout)
     }
 
     fn flush(&mut self) -> io::Result<()> {

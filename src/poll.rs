@@ -55,6 +55,11 @@ impl Interest {
         self.0 == 0
     }
 
+    /// The `poll(2)` bits.
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+
     fn valid() -> u32 {
         bits::READABLE | bits::WRITABLE | bits::PRIORITY | bits::RDHUP
     }
@@ -128,6 +133,10 @@ impl Readiness {
     pub fn bits(&self) -> u32 {
         self.bits
     }
+
+    pub(crate) fn from_bits(bits: u32) -> Readiness {
+        Readiness { bits, error: None }
+    }
 }
 
 impl fmt::Debug for Readiness {
@@ -142,6 +151,9 @@ impl fmt::Debug for Readiness {
             .finish()
     }
 }
+
+/// Bits reported whatever the interest.
+pub(crate) const ALWAYS: u32 = bits::ERROR | bits::HUP | bits::INVALID;
 
 type PollCallback = Box<dyn FnMut(&Loop, Readiness)>;
 
@@ -428,9 +440,8 @@ impl Loop {
                 error: Some(-result),
             }
         } else {
-            let always = bits::ERROR | bits::HUP | bits::INVALID;
             Readiness {
-                bits: result as u32 & (interest | always),
+                bits: result as u32 & (interest | ALWAYS),
                 error: None,
             }
         };

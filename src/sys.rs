@@ -3,8 +3,9 @@
 
 use std::io;
 use std::mem;
+use std::mem::ManuallyDrop;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// Turns a libc `-1` into `io::Error::last_os_error()`.
 pub(crate) fn cvt(ret: i32) -> io::Result<i32> {
@@ -44,9 +45,7 @@ pub(crate) fn check_fd(fd: RawFd) -> io::Result<()> {
         ));
     }
     // SAFETY: F_GETFD takes no pointer; it only asks the kernel whether `fd` is open.
-    cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })
-        .map(drop)
-        .map_err(|e| io::Error::new(e.kind(), format!("fd {fd} is not open: {e}")))
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) }).map(drop)
 }
 
 /// A socket address in the kernel's representation.
@@ -121,5 +120,45 @@ pub(crate) fn sockaddr_to(storage: &libc::sockaddr_storage) -> Option<SocketAddr
             )))
         }
         _ => None,
+    }
+}
+
+/// An fd owned by one of fdloop's I/O types. Closing it (on drop) first makes the loops of this
+/// thread forget what they cached about the number, so that it can be reused by another kind
+/// of file without confusing a driver.
+#[derive(Debug)]
+pub(crate) struct LoopFd(ManuallyDrop<OwnedFd>);
+
+impl LoopFd {
+    pub(crate) fn new(fd: OwnedFd) -> LoopFd {
+        LoopFd(ManuallyDrop::new(fd))
+    }
+
+    /// Gives the fd up (the caller owns it now; the loops are told to forget it).
+    pub(crate) fn into_owned(self) -> OwnedFd {
+        crate::event_loop::forget_fd(self.0.as_raw_fd());
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so the fd is moved out exactly once.
+        unsafe { ManuallyDrop::take(&mut this.0) }
+    }
+}
+
+impl Drop for LoopFd {
+    fn drop(&mut self) {
+        crate::event_loop::forget_fd(self.0.as_raw_fd());
+        // SAFETY: dropped exactly once, here.
+        unsafe { ManuallyDrop::drop(&mut self.0) };
+    }
+}
+
+impl AsFd for LoopFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for LoopFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
     }
 }

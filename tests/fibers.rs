@@ -138,7 +138,7 @@ backend_tests! {
             let t0 = Instant::now();
             let mut buf = [0u8; 8];
             let err = rx.read(&mut buf).unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
             assert!(t0.elapsed() >= Duration::from_millis(5));
             // The pipe still works: the writer fiber writes after a while.
             rx.set_timeout(None).unwrap();
@@ -250,4 +250,38 @@ fn fiber_io_outside_a_fiber_panics_with_advice() {
     let (mut rx, _tx) = pipe().unwrap();
     let mut buf = [0u8; 1];
     let _ = rx.read(&mut buf);
+}
+
+#[test]
+fn join_driving_the_loop_survives_a_panicking_callback() {
+    let lp = Loop::new().unwrap();
+    let h = lp.spawn(|| {
+        fiber::sleep(Duration::from_millis(20));
+        5
+    });
+    lp.start_timer(Timer::after(Duration::from_millis(1)), |_, _| {
+        panic!("callback")
+    });
+    let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.join()));
+    assert!(joined.is_err(), "the callback's panic goes through join");
+    assert!(!lp.handle().is_closed(), "the loop must stay open");
+    // The loop still works.
+    let h2 = lp.spawn(|| 6);
+    lp.run().unwrap();
+    assert_eq!(h2.join().unwrap(), 6);
+}
+
+#[test]
+fn join_a_fiber_of_another_loop_on_the_same_thread() {
+    let a = Loop::new().unwrap();
+    let b = Loop::new().unwrap();
+    let hb = b.spawn(|| {
+        fiber::sleep(Duration::from_millis(2));
+        "from b"
+    });
+    let ha = a.spawn(move || hb.join().unwrap());
+    a.run_for(Duration::from_millis(1)).unwrap(); // a's fiber now waits in join
+    b.run().unwrap(); // b's fiber finishes and wakes a's
+    a.run().unwrap();
+    assert_eq!(ha.join().unwrap(), "from b");
 }

@@ -247,6 +247,12 @@ impl Epoll {
         self.cancel_on_fd(fd, None)
     }
 
+    /// Forgets `fd` before its owner closes it; see [`Driver::forget_fd`](crate::Driver::forget_fd).
+    /// Waiters left on it (a caller bug) are cancelled.
+    pub fn forget_fd(&mut self, fd: RawFd) {
+        self.cancel_on_fd(fd, None);
+    }
+
     /// Waits for completions; see [`Driver::wait`](crate::Driver::wait).
     ///
     /// # Errors

@@ -487,6 +487,18 @@ impl Driver {
         }
     }
 
+    /// The owner of `fd` is about to close it: forget what the driver cached about it (its
+    /// kind, its epoll registration) so that the number can be reused by another file. Cheap
+    /// (no scan, at most one `epoll_ctl`). Operations still in flight on `fd` are a caller bug
+    /// (I3); the epoll driver cancels them, the uring driver leaves them to the kernel, which
+    /// holds its own reference to the file.
+    pub fn forget_fd(&mut self, fd: RawFd) {
+        match self {
+            Driver::Uring(d) => d.forget_fd(fd),
+            Driver::Epoll(d) => d.forget_fd(fd),
+        }
+    }
+
     /// Submits what is queued, then waits until at least one completion is ready, `timeout` has
     /// passed (`None`: no limit; `Some(ZERO)`: do not block), or a [`Waker`] fired. Appends every
     /// ready completion to `out` (it is not cleared). Interruptions by signals (EINTR) end the

@@ -531,6 +531,13 @@ impl Uring {
         Some(class)
     }
 
+    /// Forgets the cached kind of `fd` before its owner closes it; see
+    /// [`Driver::forget_fd`](crate::Driver::forget_fd). In-flight operations keep their own
+    /// reference to the file in the kernel and are left alone.
+    pub fn forget_fd(&mut self, fd: RawFd) {
+        self.forget_class(fd);
+    }
+
     fn forget_class(&mut self, fd: RawFd) {
         if let Some(slot) = usize::try_from(fd)
             .ok()

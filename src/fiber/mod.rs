@@ -42,6 +42,11 @@
 //! (`vm.max_map_count`, 65530 by default), so about 32,000 fibers can exist at once unless that
 //! limit is raised; spawning beyond it fails with an error that says so.
 //!
+//! A fiber that overflows its stack hits the guard page: fdloop prints `fdloop: a fiber
+//! overflowed its stack (guard page hit at 0x…); give it a larger stack with
+//! fiber::Builder::stack_size or LoopBuilder::stack_size` to stderr and aborts (SIGABRT), rather
+//! than corrupting memory silently; other faults go to the previously installed handler.
+//!
 //! # Panics and unwinding
 //!
 //! A panic inside a fiber unwinds that fiber only; [`JoinHandle::join`] returns it as `Err`,
@@ -52,8 +57,8 @@
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
-use std::mem::ManuallyDrop;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -75,7 +80,8 @@ pub(crate) use scheduler::{current, Fibers, DEFAULT_STACK_SIZE};
 pub(crate) struct JoinState<T> {
     result: RefCell<Option<thread::Result<T>>>,
     finished: Cell<bool>,
-    waiter: Cell<Option<OpId>>,
+    /// A fiber waiting in `join`, with its loop (which may be another loop of this thread).
+    waiter: RefCell<Option<(Weak<crate::event_loop::Inner>, OpId)>>,
 }
 
 impl<T> JoinState<T> {
@@ -83,7 +89,7 @@ impl<T> JoinState<T> {
         JoinState {
             result: RefCell::new(None),
             finished: Cell::new(false),
-            waiter: Cell::new(None),
+            waiter: RefCell::new(None),
         }
     }
 
@@ -91,8 +97,11 @@ impl<T> JoinState<T> {
     pub(crate) fn finish(&self, result: thread::Result<T>) {
         *self.result.borrow_mut() = Some(result);
         self.finished.set(true);
-        if let Some(waiter) = self.waiter.take() {
-            with_loop(|lp| lp.make_ready(waiter));
+        let waiter = self.waiter.borrow_mut().take();
+        if let Some((inner, fiber)) = waiter {
+            if let Some(inner) = inner.upgrade() {
+                inner.make_ready(fiber);
+            }
         }
     }
 }
@@ -101,7 +110,8 @@ impl<T> JoinState<T> {
 /// fiber, which runs on.
 pub struct JoinHandle<T> {
     state: Rc<JoinState<T>>,
-    inner: Rc<crate::event_loop::Inner>,
+    /// Weak: a handle must not keep a closed loop's ring (and its fds) alive.
+    inner: Weak<crate::event_loop::Inner>,
 }
 
 impl<T> JoinHandle<T> {
@@ -125,40 +135,45 @@ impl<T> JoinHandle<T> {
     /// When called from a callback of the loop that runs the fiber (waiting there would block
     /// the loop): use [`JoinHandle::is_finished`] or join from a fiber instead.
     pub fn join(self) -> thread::Result<T> {
+        let closed = |inner: &Weak<crate::event_loop::Inner>| {
+            inner
+                .upgrade()
+                .is_none_or(|i| i.shared.closed.load(Ordering::Acquire))
+        };
         if let Some(cur) = current() {
-            while !self.state.finished.get() {
-                if self
-                    .inner
-                    .shared
-                    .closed
-                    .load(std::sync::atomic::Ordering::Acquire)
-                {
-                    break;
-                }
-                self.state.waiter.set(Some(cur.fiber));
+            // SAFETY: set by the loop that resumed the running fiber; valid while it runs.
+            let own = Rc::downgrade(&unsafe { &*cur.lp }.inner);
+            while !self.state.finished.get() && !cur.closing && !closed(&self.inner) {
+                *self.state.waiter.borrow_mut() = Some((own.clone(), cur.fiber));
                 scheduler::suspend();
             }
         } else if !self.state.finished.get() {
-            assert!(
-                !self.inner.running.get(),
-                "JoinHandle::join called from a callback of the running loop would block it; \
-                 join from a fiber, or check JoinHandle::is_finished"
-            );
-            // A temporary `Loop` over the same state; never dropped, so it does not close it.
-            let lp = ManuallyDrop::new(Loop {
-                inner: self.inner.clone(),
-            });
-            while !self.state.finished.get()
-                && !self
-                    .inner
-                    .shared
-                    .closed
-                    .load(std::sync::atomic::Ordering::Acquire)
-            {
-                match lp.run_once() {
-                    Ok(true) => {}
-                    Ok(false) | Err(_) => break,
+            if let Some(inner) = self.inner.upgrade() {
+                assert!(
+                    !inner.running.get(),
+                    "JoinHandle::join called from a callback of the running loop would block \
+                     it; join from a fiber, or check JoinHandle::is_finished"
+                );
+                // A temporary `Loop` over the same state. It must not close the loop when it
+                // goes — also when a callback's panic unwinds through `run_once` — so a guard
+                // takes it apart with `inner_rc` instead of dropping it.
+                struct Temporary(Option<Loop>);
+                impl Drop for Temporary {
+                    fn drop(&mut self) {
+                        if let Some(lp) = self.0.take() {
+                            drop(lp.inner_rc());
+                        }
+                    }
                 }
+                let lp = Temporary(Some(Loop { inner }));
+                let lp_ref = lp.0.as_ref().expect("set above");
+                while !self.state.finished.get() && !closed(&self.inner) {
+                    match lp_ref.run_once() {
+                        Ok(true) => {}
+                        Ok(false) | Err(_) => break,
+                    }
+                }
+                drop(lp);
             }
         }
         self.state.result.borrow_mut().take().unwrap_or_else(|| {
@@ -223,7 +238,7 @@ impl Builder {
         let (_, state) = lp.spawn_fiber(size, f)?;
         Ok(JoinHandle {
             state,
-            inner: lp.inner.clone(),
+            inner: Rc::downgrade(&lp.inner),
         })
     }
 
@@ -351,4 +366,26 @@ fn sleep_until_ns(deadline: u64) {
         scheduler::suspend();
     }
     std::mem::forget(guard);
+}
+
+/// Suspends the running fiber until `fd` reports one of `interest` (or an error or hang-up),
+/// or `timeout` passes. For fds that fdloop has no type for: a C library's socket, a sysfs
+/// attribute (`Interest::PRIORITY`), an inotify fd.
+///
+/// # Errors
+///
+/// `WouldBlock` when `timeout` passed; the poll's errors (`EBADF` …).
+///
+/// # Panics
+///
+/// Outside a fiber.
+pub fn wait(
+    fd: impl crate::Descriptor,
+    interest: crate::Interest,
+    timeout: Option<Duration>,
+) -> io::Result<crate::Readiness> {
+    let bits = ops::poll(fd.raw_fd(), interest.bits(), timeout)?;
+    Ok(crate::Readiness::from_bits(
+        bits & (interest.bits() | crate::poll::ALWAYS),
+    ))
 }

@@ -7,7 +7,9 @@
 //! unwound (its loop closing), the guard does not let the frame go until the kernel has
 //! reported the operation's final completion (invariant I2).
 //!
-//! Every function panics outside a fiber, with a message that says what to do instead.
+//! Every function panics outside a fiber, with a message that says what to do instead. A
+//! timeout given by the caller expires as `WouldBlock` (`EAGAIN`), like std's socket
+//! timeouts; `connect` expires as `TimedOut`.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -15,12 +17,16 @@ use std::time::Duration;
 
 use fdloop_backends::{interest, Op};
 
-use crate::fiber::scheduler::fiber_io;
+use crate::fiber::scheduler::{fiber_io, fiber_io_adopting};
 
 const MAX_LEN: usize = 0x7fff_f000;
 
+/// A completion result as `io::Result`. A timeout set by the caller (`ETIME` from
+/// `fiber_io`) becomes `EAGAIN` (`WouldBlock`), as std's socket timeouts do on Linux.
 fn result(res: i32) -> io::Result<usize> {
-    if res < 0 {
+    if res == -libc::ETIME {
+        Err(io::Error::from_raw_os_error(libc::EAGAIN))
+    } else if res < 0 {
         Err(io::Error::from_raw_os_error(-res))
     } else {
         Ok(res as usize)
@@ -136,20 +142,23 @@ pub(crate) fn send(
     result(unsafe { fiber_io(op, timeout) })
 }
 
-/// `recvmsg(2)`.
+/// `recvmsg(2)`. When the fiber is unwound and the operation succeeded anyway, `orphan`
+/// receives the result (to close fds that arrived with `SCM_RIGHTS`).
 ///
 /// # Safety
 ///
-/// `msg` and everything it points to must be valid for the whole call.
+/// `msg` and everything it points to must be valid for the whole call; `orphan` may only use
+/// memory that outlives the call.
 pub(crate) unsafe fn recvmsg(
     fd: RawFd,
     msg: &mut libc::msghdr,
     flags: i32,
     timeout: Option<Duration>,
+    orphan: Option<&dyn Fn(i32)>,
 ) -> io::Result<usize> {
     let op = Op::RecvMsg { fd, msg, flags };
     // SAFETY: the caller keeps `msg` and its buffers valid for this call (I2).
-    result(unsafe { fiber_io(op, timeout) })
+    result(unsafe { fiber_io_adopting(op, timeout, orphan) })
 }
 
 /// `sendmsg(2)` (always `MSG_NOSIGNAL`).
@@ -184,8 +193,15 @@ pub(crate) fn accept(
         flags,
         multishot: false,
     };
+    let close_orphan = |fd: i32| {
+        if fd >= 0 {
+            // SAFETY: the accept won the race with the unwinding fiber's cancellation; the new
+            // fd belongs to nobody else.
+            drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        }
+    };
     // SAFETY: `addr` and `addrlen` live in this frame, which outlives the operation (I2).
-    let fd = result(unsafe { fiber_io(op, timeout) })?;
+    let fd = result(unsafe { fiber_io_adopting(op, timeout, Some(&close_orphan)) })?;
     Ok((fd as RawFd, addr, addrlen))
 }
 
@@ -198,7 +214,13 @@ pub(crate) fn connect(
 ) -> io::Result<()> {
     let op = Op::Connect { fd, addr, addrlen };
     // SAFETY: `addr` is borrowed for this whole call (I2).
-    result(unsafe { fiber_io(op, timeout) }).map(drop)
+    match unsafe { fiber_io(op, timeout) } {
+        r if r == -libc::ETIME => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "connection timed out (connect_timeout)",
+        )),
+        r => result(r).map(drop),
+    }
 }
 
 /// Waits until `fd` reports one of `events` (see [`interest`]); returns the reported bits.

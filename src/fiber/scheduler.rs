@@ -9,15 +9,15 @@ use std::rc::Rc;
 use std::thread;
 use std::time::Duration;
 
-use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 use fdloop_backends::{Op, OpId, OpSlab};
 
 use crate::event_loop::{Inner, OpKind};
+use crate::fiber::overflow::{self, GuardedStack};
 use crate::fiber::JoinState;
 use crate::Loop;
 
-type Co = Coroutine<(), (), (), DefaultStack>;
+type Co = Coroutine<(), (), (), GuardedStack>;
 
 /// Stacks kept for reuse (each is two mappings: the stack and its guard page).
 const POOLED_STACKS: usize = 1024;
@@ -41,12 +41,13 @@ pub(crate) struct Slot {
 pub(crate) struct Fibers {
     slots: OpSlab<Slot>,
     ready: VecDeque<OpId>,
-    stacks: Vec<DefaultStack>,
+    stacks: Vec<GuardedStack>,
     pub(crate) stack_size: usize,
 }
 
 impl Fibers {
     pub(crate) fn new(stack_size: usize) -> Fibers {
+        overflow::ensure_altstack();
         Fibers {
             slots: OpSlab::new(),
             ready: VecDeque::new(),
@@ -64,13 +65,13 @@ impl Fibers {
         !self.ready.is_empty()
     }
 
-    fn take_stack(&mut self, size: usize) -> io::Result<DefaultStack> {
+    fn take_stack(&mut self, size: usize) -> io::Result<GuardedStack> {
         if size == self.stack_size {
             if let Some(s) = self.stacks.pop() {
                 return Ok(s);
             }
         }
-        DefaultStack::new(size).map_err(|e| {
+        GuardedStack::new(size).map_err(|e| {
             let hint = if e.raw_os_error() == Some(libc::ENOMEM) {
                 " — each fiber stack is two memory mappings (stack + guard page) and the \
                  kernel limits mappings per process (vm.max_map_count, 65530 by default); \
@@ -185,13 +186,7 @@ impl Loop {
     /// Queues fiber `id` to run in the next fiber phase (no effect if it is queued already or
     /// has finished).
     pub(crate) fn make_ready(&self, id: OpId) {
-        let mut fibers = self.inner.fibers.borrow_mut();
-        if let Some(slot) = fibers.slots.get_mut(id) {
-            if !slot.queued {
-                slot.queued = true;
-                fibers.ready.push_back(id);
-            }
-        }
+        self.inner.make_ready(id);
     }
 
     /// Runs the fibers that are ready now (fibers made ready meanwhile wait for the next
@@ -243,20 +238,27 @@ impl Loop {
     /// they had in flight are cancelled and waited for by their guards.
     pub(crate) fn unwind_fibers(&self) {
         loop {
+            // The slot stays while the fiber unwinds: its guards may read the result of an
+            // operation that completed just before.
             let taken = {
                 let mut fibers = self.inner.fibers.borrow_mut();
                 let Some(id) = fibers.slots.ids().into_iter().next() else {
                     break;
                 };
-                fibers.slots.remove(id).map(|slot| (id, slot))
+                fibers
+                    .slots
+                    .get_mut(id)
+                    .map(|slot| (id, slot.co.take(), slot.yielder))
             };
-            let Some((id, mut slot)) = taken else { break };
-            if let Some(mut co) = slot.co.take() {
+            let Some((id, co, yielder)) = taken else {
+                break;
+            };
+            if let Some(mut co) = co {
                 let previous = CURRENT.with(|c| {
                     c.replace(Some(Current {
                         lp: self,
                         fiber: id,
-                        yielder: slot.yielder,
+                        yielder,
                         closing: true,
                     }))
                 });
@@ -265,6 +267,8 @@ impl Loop {
                 drop(r);
                 drop(co);
             }
+            let slot = self.inner.fibers.borrow_mut().slots.remove(id);
+            drop(slot);
         }
         self.inner.fibers.borrow_mut().ready.clear();
     }
@@ -287,6 +291,22 @@ impl Loop {
 /// unwinds. Memory on the calling fiber's stack qualifies: the guard in this function keeps
 /// the fiber's stack alive until the final completion (I2), even when the fiber is unwound.
 pub(crate) unsafe fn fiber_io(op: Op, timeout: Option<Duration>) -> i32 {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { fiber_io_adopting(op, timeout, None) }
+}
+
+/// [`fiber_io`] for operations whose success creates something the caller must adopt (an
+/// accepted fd, fds received with `SCM_RIGHTS`): if the fiber is unwound and the operation
+/// wins the race with its cancellation, `orphan` is called with the result to release it.
+///
+/// # Safety
+///
+/// As for [`fiber_io`]; `orphan` may only use memory that outlives this call.
+pub(crate) unsafe fn fiber_io_adopting(
+    op: Op,
+    timeout: Option<Duration>,
+    orphan: Option<&dyn Fn(i32)>,
+) -> i32 {
     let cur = current_or_panic("fdloop fiber I/O");
     if cur.closing {
         return -libc::ECANCELED;
@@ -300,6 +320,8 @@ pub(crate) unsafe fn fiber_io(op: Op, timeout: Option<Duration>) -> i32 {
     let guard = InFlight {
         inner: lp.inner.clone(),
         key,
+        fiber: cur.fiber,
+        orphan,
     };
     let timer = timeout.map(|t| {
         let deadline = lp.now_ns().saturating_add(dur_ns(t));
@@ -324,7 +346,9 @@ pub(crate) unsafe fn fiber_io(op: Op, timeout: Option<Duration>) -> i32 {
         if lp.timer_pending(t) {
             let _ = lp.stop_timer(t);
         } else if result == -libc::ECANCELED {
-            result = -libc::ETIMEDOUT;
+            // Our timer cancelled it. ETIME (not ETIMEDOUT, which the kernel reports for dead
+            // TCP connections) tells the two apart.
+            result = -libc::ETIME;
         }
     }
     result
@@ -336,40 +360,76 @@ fn dur_ns(d: Duration) -> u64 {
 
 /// Keeps an operation's memory valid: if the fiber is unwound while the operation is in flight,
 /// dropping this guard cancels it and waits — without suspending — for its final completion.
-struct InFlight {
+struct InFlight<'a> {
     inner: Rc<Inner>,
     key: OpId,
+    fiber: OpId,
+    orphan: Option<&'a dyn Fn(i32)>,
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.inner.cancel_and_wait(self.key);
+        let result = self.inner.cancel_and_wait(self.key).or_else(|| {
+            // Completed before the unwind: the result was delivered to the fiber's slot.
+            let fibers = self.inner.fibers.borrow();
+            fibers.slots.get(self.fiber).map(|s| s.result)
+        });
+        if let (Some(result), Some(orphan)) = (result, self.orphan) {
+            orphan(result);
+        }
     }
 }
 
 impl Inner {
+    /// See [`Loop::make_ready`].
+    pub(crate) fn make_ready(&self, id: OpId) {
+        let mut fibers = self.fibers.borrow_mut();
+        if let Some(slot) = fibers.slots.get_mut(id) {
+            if !slot.queued {
+                slot.queued = true;
+                fibers.ready.push_back(id);
+            }
+        }
+    }
+
     /// Cancels loop operation `key` and drives the driver until its final completion has
     /// arrived (other completions are kept for the next dispatch). Blocks: used only where
     /// suspending is impossible (a fiber being unwound).
-    pub(crate) fn cancel_and_wait(&self, key: OpId) {
-        let driver_id = match self.ops.borrow().get(key) {
-            Some(e) => e.driver_id,
-            None => return,
+    /// Returns the operation's final result, or `None` when it had already been dispatched.
+    pub(crate) fn cancel_and_wait(&self, key: OpId) -> Option<i32> {
+        let driver_id = self.ops.borrow().get(key).map(|e| e.driver_id)?;
+        let user_data = key.to_u64();
+        // Completed, but kept for a later dispatch (after a panic or another guard's wait)?
+        let kept = {
+            let mut leftover = self.leftover.borrow_mut();
+            let pos = leftover
+                .iter()
+                .position(|c| c.user_data == user_data && !c.more);
+            pos.and_then(|p| leftover.remove(p))
         };
+        if let Some(c) = kept {
+            self.ops.borrow_mut().remove(key);
+            return Some(c.result);
+        }
         self.driver.borrow_mut().cancel(driver_id);
         let mut buf = Vec::new();
-        while self.ops.borrow().get(key).is_some() {
+        loop {
             buf.clear();
             let r = self
                 .driver
                 .borrow_mut()
                 .wait(Some(Duration::from_millis(100)), &mut buf);
+            let mut result = None;
             for c in buf.drain(..) {
-                if c.user_data == key.to_u64() && !c.more {
+                if c.user_data == user_data && !c.more {
                     self.ops.borrow_mut().remove(key);
+                    result = Some(c.result);
                 } else {
                     self.leftover.borrow_mut().push_back(c);
                 }
+            }
+            if result.is_some() {
+                return result;
             }
             if r.is_err() {
                 thread::sleep(Duration::from_millis(1));

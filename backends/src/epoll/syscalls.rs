@@ -246,10 +246,12 @@ pub(super) unsafe fn attempt(op: &Op, class: FdClass, ready: bool, connecting: b
             Op::Connect { fd, .. } if connecting => Attempt::Done(socket_error(fd)),
             Op::Connect { fd, addr, addrlen } => {
                 let r = retry(|| libc::connect(fd, addr.cast(), addrlen) as isize);
-                if r == -libc::EINPROGRESS {
-                    Attempt::InProgress
-                } else {
-                    attempt_of(r)
+                match -r {
+                    libc::EINPROGRESS => Attempt::InProgress,
+                    // A Unix listener's full backlog: an unconnected socket is always
+                    // writable, so waiting for OUT would spin. Reported as is.
+                    libc::EAGAIN => Attempt::Done(-libc::EAGAIN),
+                    _ => attempt_of(r),
                 }
             }
             Op::Fsync { .. } | Op::Nop | Op::Poll { .. } | Op::Close { .. } => {

@@ -198,7 +198,10 @@ fn dont_wait(op: &Op) -> bool {
 /// * `-EINPROGRESS` of a connect waits for writability, then reads `SO_ERROR`.
 pub(super) fn retry_step(op: &Op, res: i32) -> Option<Step> {
     match (op, -res) {
-        (Op::Connect { .. }, libc::EINTR | libc::EAGAIN | libc::EINPROGRESS) => Some(Step::Poll),
+        // EAGAIN from a connect is a Unix listener's full backlog: waiting for writability
+        // would report success for a socket that never connected, so it is reported as is.
+        (Op::Connect { .. }, libc::EAGAIN) => None,
+        (Op::Connect { .. }, libc::EINTR | libc::EINPROGRESS) => Some(Step::Poll),
         (Op::Nop | Op::Poll { .. } | Op::Close { .. }, _) => None,
         (_, libc::EINTR) => Some(Step::Native),
         (_, libc::EAGAIN) if readiness(op).is_some() && !dont_wait(op) => Some(Step::Poll),
