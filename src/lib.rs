@@ -74,7 +74,9 @@
 
 mod builder;
 mod descriptor;
+pub mod dev;
 mod event_loop;
+pub mod external;
 pub mod fiber;
 pub mod fs;
 mod handle;

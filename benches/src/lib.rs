@@ -1,0 +1,1 @@
+//! Benchmarks of fdloop and its peers (see docs/benchmarks.md).
