@@ -271,12 +271,7 @@ impl Loop {
             || !inner.signals.borrow().is_empty()
             || inner.blocking.borrow().pending() > 0
             || !inner.leftover.borrow().is_empty()
-            || !inner
-                .shared
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
+            || inner.shared.maybe_posted()
     }
 
     fn run_inner(&self, deadline: Option<Option<Instant>>, once: bool) -> io::Result<()> {
@@ -350,12 +345,7 @@ impl Loop {
             || inner.fibers.borrow().has_ready()
             || inner.signal_pending.load(Ordering::Acquire)
             || !inner.leftover.borrow().is_empty()
-            || !inner
-                .shared
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty();
+            || inner.shared.maybe_posted();
         let timeout = if busy {
             Some(Duration::ZERO)
         } else {
@@ -436,13 +426,18 @@ impl Loop {
 
     fn run_posted(&self) {
         let shared = &self.inner.shared;
+        if !shared.maybe_posted() {
+            return;
+        }
         let mut batch: VecDeque<Posted> = {
             let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() <= POSTED_BUDGET {
+            let batch = if q.len() <= POSTED_BUDGET {
                 std::mem::take(&mut *q)
             } else {
                 q.drain(..POSTED_BUDGET).collect()
-            }
+            };
+            shared.has_posts.store(!q.is_empty(), Ordering::Release);
+            batch
         };
         while let Some(f) = batch.pop_front() {
             self.call_user(|| f(self));
@@ -452,6 +447,7 @@ impl Loop {
                 while let Some(f) = batch.pop_back() {
                     q.push_front(f);
                 }
+                shared.has_posts.store(!q.is_empty(), Ordering::Release);
                 break;
             }
         }

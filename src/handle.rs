@@ -17,6 +17,10 @@ pub(crate) type Posted = Box<dyn FnOnce(&Loop) + Send>;
 /// State shared between a loop and its handles.
 pub(crate) struct Shared {
     pub(crate) queue: Mutex<VecDeque<Posted>>,
+    /// Whether `queue` may be non-empty: set after a push (under the lock), cleared by the loop
+    /// when it drains the queue (under the lock). Lets the loop skip the lock when idle; a post
+    /// that races with a clear also wakes the loop, which then looks again.
+    pub(crate) has_posts: AtomicBool,
     pub(crate) waker: Waker,
     pub(crate) stop: AtomicBool,
     pub(crate) closed: AtomicBool,
@@ -28,6 +32,7 @@ impl Shared {
     pub(crate) fn new(waker: Waker) -> Shared {
         Shared {
             queue: Mutex::new(VecDeque::new()),
+            has_posts: AtomicBool::new(false),
             waker,
             stop: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -44,9 +49,17 @@ impl Shared {
                 return Err(closed_error());
             }
             q.push_back(f);
+            self.has_posts.store(true, Ordering::Release);
         }
         self.waker.wake();
         Ok(())
+    }
+}
+
+impl Shared {
+    /// Whether closures may be waiting (cheap: no lock).
+    pub(crate) fn maybe_posted(&self) -> bool {
+        self.has_posts.load(Ordering::Acquire)
     }
 }
 

@@ -57,7 +57,8 @@ impl Signal {
     ///
     /// # Errors
     ///
-    /// `InvalidInput` for numbers outside `1..=SIGRTMAX`, and for signals that cannot or must
+    /// `InvalidInput` for numbers outside `1..=SIGRTMAX`, for the C library's reserved numbers
+    /// between 31 and `SIGRTMIN`, and for signals that cannot or must
     /// not be caught by an event loop: `SIGKILL` and `SIGSTOP` (uncatchable), `SIGSEGV`,
     /// `SIGBUS`, `SIGILL`, `SIGFPE` and `SIGTRAP` (synchronous faults; a handler that only sets
     /// a flag would return to the faulting instruction forever).
@@ -68,6 +69,16 @@ impl Signal {
                 format!(
                     "{signum} is not a signal number (valid: 1..={})",
                     libc::SIGRTMAX()
+                ),
+            ));
+        }
+        if signum > 31 && signum < libc::SIGRTMIN() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "signal {signum} is reserved by the C library (threads, cancellation); \
+                     real-time signals start at SIGRTMIN = {}",
+                    libc::SIGRTMIN()
                 ),
             ));
         }
@@ -97,8 +108,14 @@ impl Signal {
     ///
     /// # Errors
     ///
-    /// `InvalidInput` when `SIGRTMIN + n` is beyond `SIGRTMAX`.
+    /// `InvalidInput` when `n` is negative or `SIGRTMIN + n` is beyond `SIGRTMAX`.
     pub fn realtime(n: i32) -> io::Result<Signal> {
+        if n < 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("SIGRTMIN + {n}: the offset must not be negative"),
+            ));
+        }
         Signal::new(libc::SIGRTMIN().saturating_add(n))
     }
 
@@ -140,6 +157,8 @@ struct Watch {
 #[derive(Default)]
 pub(crate) struct Signals {
     watches: OpSlab<Watch>,
+    /// Reused list of watch ids for dispatch (no allocation per signal).
+    scratch: Vec<OpId>,
 }
 
 impl Signals {
@@ -297,8 +316,14 @@ impl Loop {
         if !self.inner.signal_pending.swap(false, Ordering::SeqCst) {
             return;
         }
-        let ids = self.inner.signals.borrow().watches.ids();
-        for key in ids {
+        let mut ids = {
+            let mut signals = self.inner.signals.borrow_mut();
+            let mut ids = std::mem::take(&mut signals.scratch);
+            ids.clear();
+            ids.extend(signals.watches.iter().map(|(id, _)| id));
+            ids
+        };
+        for &key in &ids {
             let taken = {
                 let mut signals = self.inner.signals.borrow_mut();
                 match signals.watches.get_mut(key) {
@@ -331,8 +356,26 @@ impl Loop {
                 let _ = self.stop_signal(id);
                 // Let the remaining flags be looked at next time.
                 self.inner.signal_pending.store(true, Ordering::SeqCst);
-                return;
+                break;
             }
         }
+        ids.clear();
+        self.inner.signals.borrow_mut().scratch = ids;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_and_invalid_numbers_are_refused() {
+        for n in [0, -1, 32, 33, libc::SIGRTMAX() + 1] {
+            let e = Signal::new(n).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{n}");
+        }
+        assert!(Signal::realtime(-1).is_err());
+        assert_eq!(Signal::realtime(0).unwrap().as_raw(), libc::SIGRTMIN());
+        assert_eq!(Signal::new(libc::SIGUSR1).unwrap(), Signal::USR1);
     }
 }
