@@ -603,7 +603,19 @@ impl Epoll {
         }
         // SAFETY: the operation was pushed under I2/I3 and is still in flight; the fd has just
         // reported readiness, so a blocking fd is read at most once here (see `used`).
-        let keep = unsafe { self.drive(w.id, class, true) };
+        let mut keep = unsafe { self.drive(w.id, class, true) };
+        if keep && revents & w.bits == 0 && revents & ERR_HUP != 0 {
+            // A hang-up (or error) without the readiness the operation needs, and the syscall
+            // still says EAGAIN: a pty master whose slave side is gone reports POLLHUP but never
+            // POLLOUT. Level-triggered epoll would report it forever: end the operation.
+            let result = if w.bits & syscalls::OUT != 0 {
+                -libc::EPIPE
+            } else {
+                -libc::EIO
+            };
+            self.finish(w.id, result);
+            keep = false;
+        }
         if keep || matches!(syscalls::route(&op, class), Route::Wait(_)) {
             *used |= w.bits;
         }

@@ -751,6 +751,12 @@ impl Uring {
                 // SAFETY: the operation is in `self.ops`, so its buffers are valid and its fd
                 // open (I2, I3).
                 match unsafe { ops::after_poll(&st.op) } {
+                    r if r == -libc::EAGAIN && ops::hung_up_without(&st.op, res) => {
+                        // A hang-up (or error) without the readiness the operation needs, and
+                        // the syscall still says EAGAIN: a pty master whose slave side is
+                        // gone reports POLLHUP but never POLLOUT. Retrying would spin.
+                        Action::Finish(ops::hang_up_result(&st.op))
+                    }
                     r if r == -libc::EAGAIN || r == -libc::EINTR => Action::Issue,
                     r => Action::Finish(r),
                 }

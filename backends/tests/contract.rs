@@ -1561,6 +1561,7 @@ both_backends!(
     pty_64k_slave_to_master,
     pty_64k_master_to_slave,
     pty_master_read_is_eio_after_slave_closes,
+    pty_master_write_after_hang_up_ends_without_spinning,
 );
 
 const PTY_LEN: usize = 64 * 1024;
@@ -1654,6 +1655,30 @@ fn pty_master_read_is_eio_after_slave_closes(b: Backend) {
         h.run_until_final(t),
         libc::EIO,
         "pty master read after the slave closed",
+    );
+}
+
+/// With the slave side gone and the master's buffer full, `write` says EAGAIN while poll reports
+/// POLLHUP but never POLLOUT: the driver must end the write (EPIPE), not retry it forever.
+fn pty_master_write_after_hang_up_ends_without_spinning(b: Backend) {
+    let Pty { master, slave } = pty();
+    let chunk = [0x55u8; 4096];
+    // Fill the master's output until the kernel says EAGAIN.
+    for _ in 0..10_000 {
+        // SAFETY: `chunk` is a live buffer; `master` is open.
+        let n = unsafe { libc::write(master.as_raw_fd(), chunk.as_ptr().cast(), chunk.len()) };
+        if n < 0 {
+            break;
+        }
+    }
+    drop(slave);
+    let mut h = b.harness();
+    // SAFETY: `chunk` and `master` are declared before the harness.
+    let t = unsafe { h.push(write_op(&master, &chunk, None)) };
+    let r = h.run_until_final(t);
+    assert!(
+        r == -libc::EPIPE || r == -libc::EIO || r >= 0,
+        "a write to a hung-up pty master ends (EPIPE/EIO, or a count): got {r}"
     );
 }
 

@@ -159,6 +159,23 @@ pub(super) fn pri_action(st: &mut OpState, res: i32, more: bool) -> Action {
     })
 }
 
+/// Whether poll bits `revents` report a hang-up or error but not the readiness `op` waits for.
+pub(super) fn hung_up_without(op: &Op, revents: i32) -> bool {
+    let revents = revents as u32;
+    let trouble = (libc::POLLHUP | libc::POLLERR) as u32;
+    matches!(readiness(op), Some(want) if revents & want == 0 && revents & trouble != 0)
+}
+
+/// The result of an operation whose fd hung up while it waited: `EPIPE` for writes, `EIO`
+/// for reads (what a read on a hung-up pty master reports).
+pub(super) fn hang_up_result(op: &Op) -> i32 {
+    if readiness(op) == Some(libc::POLLOUT as u32) {
+        -libc::EPIPE
+    } else {
+        -libc::EIO
+    }
+}
+
 /// The poll events an operation waits for before it is retried; `None` for operations that
 /// never retry on readiness.
 pub(super) fn readiness(op: &Op) -> Option<u32> {

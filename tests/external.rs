@@ -1,0 +1,544 @@
+//! `fdloop::external` with a fake "library" over real sockets (socketpairs and TCP loopback):
+//! partial reads, buffered writes, reconnections, a socket closed behind the loop, an fd that
+//! cannot be polled, detaching from inside a callback, panics.
+
+mod common;
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::panic::{self, AssertUnwindSafe};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use fdloop::external::{ExternalId, ExternalOptions, ExternalSource};
+use fdloop::Loop;
+
+/// What the fake library saw.
+#[derive(Default)]
+struct Log {
+    readable: Cell<usize>,
+    writable: Cell<usize>,
+    housekeeping: Cell<usize>,
+    connections: Cell<usize>,
+    errors: RefCell<Vec<String>>,
+    got: RefCell<Vec<u8>>,
+    out_left: Cell<usize>,
+    dropped: Cell<bool>,
+}
+
+trait Stream: Read + Write + AsRawFd {}
+impl<T: Read + Write + AsRawFd> Stream for T {}
+
+type Sock = Rc<RefCell<Option<Box<dyn Stream>>>>;
+type Hook = Box<dyn FnMut(&Loop)>;
+type Dialer = Box<dyn FnMut() -> Box<dyn Stream>>;
+
+#[derive(Clone, Copy, Debug)]
+enum Reconnect {
+    /// Close the old socket, then open the new one (it usually gets the same number back).
+    CloseThenOpen,
+    /// Open the new socket, then close the old one (another number).
+    OpenThenClose,
+}
+
+/// A fake library in the shape of libmosquitto: one socket, an output buffer, a periodic
+/// housekeeping call that reconnects when asked to.
+struct Fake {
+    log: Rc<Log>,
+    /// Shared with the test, which can close the socket behind the loop's back.
+    sock: Sock,
+    /// What `fd()` reports: kept when the socket is closed behind the loop.
+    fd: Option<RawFd>,
+    out: Vec<u8>,
+    /// Bytes read per `on_readable`.
+    chunk: usize,
+    dial: Dialer,
+    reconnect: Option<Reconnect>,
+    reconnect_on_error: bool,
+    /// Closes the socket (keeping the number in `fd`) on reading this byte.
+    close_on: Option<u8>,
+    on_read: Option<Hook>,
+    panic_on_read: bool,
+}
+
+impl Fake {
+    fn new(log: &Rc<Log>, mut dial: Dialer) -> (Fake, Sock) {
+        let first = dial();
+        log.connections.set(1);
+        let fd = Some(first.as_raw_fd());
+        let sock: Sock = Rc::new(RefCell::new(Some(first)));
+        let fake = Fake {
+            log: log.clone(),
+            sock: sock.clone(),
+            fd,
+            out: Vec::new(),
+            chunk: 64 * 1024,
+            dial,
+            reconnect: None,
+            reconnect_on_error: false,
+            close_on: None,
+            on_read: None,
+            panic_on_read: false,
+        };
+        (fake, sock)
+    }
+
+    fn connect(&mut self, order: Reconnect) {
+        let old = match order {
+            Reconnect::CloseThenOpen => {
+                drop(self.sock.borrow_mut().take());
+                None
+            }
+            Reconnect::OpenThenClose => self.sock.borrow_mut().take(),
+        };
+        let new = (self.dial)();
+        self.fd = Some(new.as_raw_fd());
+        *self.sock.borrow_mut() = Some(new);
+        drop(old);
+        self.log.connections.set(self.log.connections.get() + 1);
+    }
+}
+
+impl std::fmt::Debug for Fake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fake").field("fd", &self.fd).finish()
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.log.dropped.set(true);
+    }
+}
+
+impl ExternalSource for Fake {
+    fn fd(&mut self) -> Option<RawFd> {
+        self.fd
+    }
+
+    fn on_readable(&mut self, lp: &Loop) -> io::Result<()> {
+        self.log.readable.set(self.log.readable.get() + 1);
+        if self.panic_on_read {
+            panic!("the fake library panics");
+        }
+        if let Some(f) = self.on_read.as_mut() {
+            f(lp);
+        }
+        let mut buf = vec![0u8; self.chunk];
+        let r = match self.sock.borrow_mut().as_mut() {
+            Some(s) => s.read(&mut buf),
+            None => {
+                self.log
+                    .errors
+                    .borrow_mut()
+                    .push("on_readable called without a socket".into());
+                return Ok(());
+            }
+        };
+        match r {
+            Ok(0) => {
+                // End of file: the library disconnects.
+                drop(self.sock.borrow_mut().take());
+                self.fd = None;
+                Ok(())
+            }
+            Ok(n) => {
+                self.log.got.borrow_mut().extend_from_slice(&buf[..n]);
+                if self.close_on.is_some_and(|b| buf[..n].contains(&b)) {
+                    // Closed, but still reported by fd(): behind the loop's back.
+                    drop(self.sock.borrow_mut().take());
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn on_writable(&mut self, _lp: &Loop) -> io::Result<()> {
+        self.log.writable.set(self.log.writable.get() + 1);
+        let r = match self.sock.borrow_mut().as_mut() {
+            Some(s) => s.write(&self.out),
+            None => {
+                self.log
+                    .errors
+                    .borrow_mut()
+                    .push("on_writable called without a socket".into());
+                return Ok(());
+            }
+        };
+        match r {
+            Ok(n) => {
+                self.out.drain(..n);
+                self.log.out_left.set(self.out.len());
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn wants_write(&mut self) -> bool {
+        self.fd.is_some() && !self.out.is_empty()
+    }
+
+    fn housekeeping(&mut self, _lp: &Loop) -> io::Result<()> {
+        self.log.housekeeping.set(self.log.housekeeping.get() + 1);
+        if let Some(order) = self.reconnect.take() {
+            self.connect(order);
+        }
+        Ok(())
+    }
+
+    fn on_error(&mut self, _lp: &Loop, err: io::Error) {
+        self.log.errors.borrow_mut().push(err.to_string());
+        if self.reconnect_on_error {
+            self.reconnect = Some(Reconnect::CloseThenOpen);
+        }
+    }
+}
+
+/// Dials socketpairs; the test's ends are pushed to `peers`.
+fn socketpair_dialer(peers: &Rc<RefCell<Vec<UnixStream>>>) -> Dialer {
+    let peers = peers.clone();
+    Box::new(move || {
+        let (lib, peer) = UnixStream::pair().unwrap();
+        lib.set_nonblocking(true).unwrap();
+        peer.set_nonblocking(true).unwrap();
+        peers.borrow_mut().push(peer);
+        Box::new(lib)
+    })
+}
+
+fn every(ms: u64) -> ExternalOptions {
+    ExternalOptions {
+        housekeeping_every: Duration::from_millis(ms),
+    }
+}
+
+/// Runs the loop in short slices until `cond` holds (at most 10 s).
+fn run_until(lp: &Loop, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached within 10 s"
+        );
+        lp.run_for(Duration::from_millis(5)).unwrap();
+    }
+}
+
+/// Reads what is available on a non-blocking stream.
+fn drain(s: &mut impl Read, into: &mut Vec<u8>) {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD takes no pointer; it only asks whether `fd` is open.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// Reads until the peer's end of connection (or a reset); bounded by a 10 s read timeout.
+fn assert_closed_by_peer(s: &mut impl Read) {
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("expected the end of the connection, got {e}"),
+        }
+    }
+}
+
+backend_tests! {
+    fn partial_reads_are_called_again(lp: &Loop) {
+        let log = Rc::new(Log::default());
+        let peers = Rc::default();
+        let (mut fake, _sock) = Fake::new(&log, socketpair_dialer(&peers));
+        fake.chunk = 1;
+        peers.borrow_mut()[0].write_all(b"0123456789").unwrap();
+        let id = lp.attach_external(fake, every(10_000)).unwrap();
+        run_until(lp, || log.got.borrow().len() == 10);
+        assert_eq!(&*log.got.borrow(), b"0123456789");
+        // One byte per call, and level-triggered: exactly one call per byte.
+        assert_eq!(log.readable.get(), 10);
+        assert_eq!(log.writable.get(), 0);
+        lp.run_for(Duration::from_millis(20)).unwrap();
+        assert_eq!(log.readable.get(), 10, "called again with nothing to read");
+        assert!(log.errors.borrow().is_empty(), "{:?}", log.errors.borrow());
+        assert!(lp.detach_external(&id).unwrap().is_some());
+    }
+
+    fn buffered_writes_until_flushed(lp: &Loop) {
+        let log = Rc::new(Log::default());
+        let peers = Rc::default();
+        let (mut fake, _sock) = Fake::new(&log, socketpair_dialer(&peers));
+        let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        fake.out = data.clone();
+        log.out_left.set(data.len());
+        let id = lp.attach_external(fake, every(10_000)).unwrap();
+        let mut received = Vec::new();
+        run_until(lp, || {
+            drain(&mut peers.borrow_mut()[0], &mut received);
+            received.len() == data.len()
+        });
+        assert!(received == data, "the peer received other bytes");
+        assert_eq!(log.out_left.get(), 0);
+        // More than one socket buffer: flushed over several writable calls.
+        assert!(log.writable.get() > 1, "writable calls: {}", log.writable.get());
+        // Flushed: WRITABLE is no longer watched, so no more calls for an always-writable socket.
+        let calls = log.writable.get();
+        lp.run_for(Duration::from_millis(20)).unwrap();
+        assert_eq!(log.writable.get(), calls, "writable calls after the flush");
+
+        // Data queued from outside the callbacks: with_external looks at wants_write again.
+        lp.with_external(&id, |lib| lib.out.extend_from_slice(b"more")).unwrap();
+        let mut more = Vec::new();
+        run_until(lp, || {
+            drain(&mut peers.borrow_mut()[0], &mut more);
+            more == b"more"
+        });
+        assert!(log.errors.borrow().is_empty(), "{:?}", log.errors.borrow());
+        assert!(lp.detach_external(&id).unwrap().is_some());
+    }
+
+    fn reconnect_on_the_same_number(lp: &Loop) {
+        reconnect(lp, Reconnect::CloseThenOpen);
+    }
+
+    fn reconnect_on_another_number(lp: &Loop) {
+        reconnect(lp, Reconnect::OpenThenClose);
+    }
+
+    fn closed_behind_the_loop_is_reported_once(lp: &Loop) {
+        let log = Rc::new(Log::default());
+        let peers: Rc<RefCell<Vec<UnixStream>>> = Rc::default();
+        let (fake, sock) = Fake::new(&log, socketpair_dialer(&peers));
+        let id = lp.attach_external(fake, every(5)).unwrap();
+        peers.borrow_mut()[0].write_all(b"x").unwrap();
+        run_until(lp, || *log.got.borrow() == b"x");
+
+        // Closed behind the loop's back: fd() keeps reporting the number.
+        drop(sock.borrow_mut().take());
+        // On io_uring the armed poll still holds the socket, so this write succeeds and the
+        // poll fires: the event must not reach the library. (On epoll it fails with EPIPE.)
+        let _ = peers.borrow_mut()[0].write(b"y");
+        let readable = log.readable.get();
+        let housekeeping = log.housekeeping.get();
+        let start = Instant::now();
+        let mut iterations = 0;
+        while start.elapsed() < Duration::from_millis(50) {
+            lp.run_once().unwrap();
+            iterations += 1;
+        }
+        run_until(lp, || log.housekeeping.get() >= housekeeping + 2);
+        assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
+        assert!(log.errors.borrow()[0].contains("closed behind the loop"), "{:?}", log.errors.borrow());
+        assert_eq!(log.readable.get(), readable, "the library was called for a closed fd");
+        // No busy loop: one iteration per housekeeping tick (5 ms), give or take an event.
+        assert!(iterations < 100, "{iterations} iterations in 50 ms");
+        // The loop let go of the socket: the peer sees the end of the connection.
+        peers.borrow()[0].set_nonblocking(false).unwrap();
+        peers.borrow()[0].set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_closed_by_peer(&mut peers.borrow_mut()[0]);
+
+        // The library reconnects from housekeeping; the loop picks up the new fd.
+        lp.with_external(&id, |lib| lib.reconnect = Some(Reconnect::CloseThenOpen)).unwrap();
+        run_until(lp, || log.connections.get() == 2);
+        peers.borrow_mut()[1].write_all(b"z").unwrap();
+        run_until(lp, || *log.got.borrow() == b"xz");
+        assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
+        assert!(lp.detach_external(&id).unwrap().is_some());
+    }
+
+    fn closed_inside_a_callback_then_recovers(lp: &Loop) {
+        let log = Rc::new(Log::default());
+        let peers: Rc<RefCell<Vec<UnixStream>>> = Rc::default();
+        let (mut fake, _sock) = Fake::new(&log, socketpair_dialer(&peers));
+        fake.close_on = Some(b'C');
+        fake.reconnect_on_error = true;
+        let id = lp.attach_external(fake, every(5)).unwrap();
+        peers.borrow_mut()[0].write_all(b"aC").unwrap();
+        // Reported right after the callback that closed it; housekeeping reconnects.
+        run_until(lp, || log.connections.get() == 2);
+        assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
+        assert!(log.errors.borrow()[0].contains("closed behind the loop"));
+        let calls = log.readable.get();
+        peers.borrow_mut()[1].write_all(b"b").unwrap();
+        run_until(lp, || *log.got.borrow() == b"aCb");
+        assert_eq!(log.readable.get(), calls + 1);
+        assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
+        assert!(lp.detach_external(&id).unwrap().is_some());
+    }
+
+    fn unpollable_fd_is_reported_once(lp: &Loop) {
+        let log = Rc::new(Log::default());
+        let peers: Rc<RefCell<Vec<UnixStream>>> = Rc::default();
+        let (mut fake, _sock) = Fake::new(&log, socketpair_dialer(&peers));
+        let path = common::temp_path("external-file");
+        let file = std::fs::File::create(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        // The library reports a regular file: it cannot be polled.
+        fake.fd = Some(file.as_raw_fd());
+        let id = lp.attach_external(fake, every(5)).unwrap();
+        assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
+        run_until(lp, || log.housekeeping.get() >= 5);
+        assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
+        assert_eq!(log.readable.get(), 0);
+        // Back to its socket: watched.
+        let sock_fd = peers.borrow().len();
+        assert_eq!(sock_fd, 1);
+        lp.with_external(&id, |lib| lib.fd = lib.sock.borrow().as_ref().map(|s| s.as_raw_fd()))
+            .unwrap();
+        peers.borrow_mut()[0].write_all(b"ok").unwrap();
+        run_until(lp, || *log.got.borrow() == b"ok");
+        assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
+        assert!(is_open(file.as_raw_fd()));
+        assert!(lp.detach_external(&id).unwrap().is_some());
+    }
+
+    fn detach_from_inside_its_callback(lp: &Loop) {
+        let log = Rc::new(Log::default());
+        let peers: Rc<RefCell<Vec<UnixStream>>> = Rc::default();
+        let (mut fake, _sock) = Fake::new(&log, socketpair_dialer(&peers));
+        let slot: Rc<RefCell<Option<ExternalId<Fake>>>> = Rc::default();
+        let s = slot.clone();
+        let results: Rc<RefCell<Vec<String>>> = Rc::default();
+        let r = results.clone();
+        fake.on_read = Some(Box::new(move |lp: &Loop| {
+            let id = s.borrow().clone().unwrap();
+            let busy = lp.with_external(&id, |_| ()).unwrap_err();
+            r.borrow_mut().push(format!("{:?}", busy.kind()));
+            let detached = lp.detach_external(&id).unwrap();
+            r.borrow_mut().push(format!("detached: {}", detached.is_some()));
+        }));
+        let id = lp.attach_external(fake, every(10_000)).unwrap();
+        *slot.borrow_mut() = Some(id.clone());
+        peers.borrow_mut()[0].write_all(b"q").unwrap();
+        run_until(lp, || log.dropped.get());
+        assert_eq!(*results.borrow(), ["ResourceBusy", "detached: false"]);
+        // Read once, then dropped when its callback returned; nothing else keeps the loop.
+        assert_eq!(log.readable.get(), 1);
+        assert_eq!(*log.got.borrow(), b"q");
+        assert!(!lp.run_once().unwrap());
+        assert_eq!(lp.detach_external(&id).unwrap_err().kind(), io::ErrorKind::NotFound);
+        slot.borrow_mut().take();
+    }
+
+    fn detach_from_outside_keeps_the_fd(lp: &Loop) {
+        let log = Rc::new(Log::default());
+        let peers: Rc<RefCell<Vec<UnixStream>>> = Rc::default();
+        let (fake, _sock) = Fake::new(&log, socketpair_dialer(&peers));
+        let id = lp.attach_external(fake, every(5)).unwrap();
+        run_until(lp, || log.housekeeping.get() >= 2);
+        let lib = lp.detach_external(&id).unwrap().expect("not in use");
+        assert!(!log.dropped.get());
+        let fd = lib.fd.unwrap();
+        assert!(is_open(fd), "fdloop closed the library's fd");
+        peers.borrow_mut()[0].write_all(b"after").unwrap();
+        assert!(!lp.run_once().unwrap(), "something of the source is left in the loop");
+        assert_eq!(log.readable.get(), 0);
+        // The socket still works for its owner.
+        let mut buf = [0u8; 5];
+        lib.sock.borrow_mut().as_mut().unwrap().read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"after");
+        assert_eq!(lp.with_external(&id, |_| ()).unwrap_err().kind(), io::ErrorKind::NotFound);
+        drop(lib);
+        assert!(log.dropped.get());
+    }
+
+    fn panic_in_a_callback_detaches(lp: &Loop) {
+        let log = Rc::new(Log::default());
+        let peers: Rc<RefCell<Vec<UnixStream>>> = Rc::default();
+        let (mut fake, _sock) = Fake::new(&log, socketpair_dialer(&peers));
+        fake.panic_on_read = true;
+        let id = lp.attach_external(fake, every(10_000)).unwrap();
+        peers.borrow_mut()[0].write_all(b"p").unwrap();
+        let r = panic::catch_unwind(AssertUnwindSafe(|| lp.run_for(Duration::from_secs(10))));
+        assert!(r.is_err(), "the panic did not reach run");
+        assert!(log.dropped.get());
+        assert_eq!(lp.detach_external(&id).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert!(!lp.run_once().unwrap(), "something of the source is left in the loop");
+    }
+
+    fn bad_input_and_foreign_ids(lp: &Loop) {
+        let log = Rc::new(Log::default());
+        let peers: Rc<RefCell<Vec<UnixStream>>> = Rc::default();
+        let (fake, _sock) = Fake::new(&log, socketpair_dialer(&peers));
+        let err = lp.attach_external(fake, every(0)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(log.dropped.get());
+
+        let (fake, _sock) = Fake::new(&log, socketpair_dialer(&peers));
+        let id = lp.attach_external(fake, every(10_000)).unwrap();
+        let other = Loop::builder().backend(fdloop::BackendChoice::Epoll).build().unwrap();
+        assert_eq!(other.detach_external(&id).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert!(lp.detach_external(&id).unwrap().is_some());
+        // Dropping the loop drops an attached source (and never closes its fd itself).
+        let (fake, sock) = Fake::new(&log, socketpair_dialer(&peers));
+        let fd = sock.borrow().as_ref().unwrap().as_raw_fd();
+        log.dropped.set(false);
+        let id = other.attach_external(fake, every(10_000)).unwrap();
+        drop(other);
+        assert!(log.dropped.get());
+        assert!(is_open(fd), "the loop closed the library's fd");
+        assert!(format!("{id:?}").contains("attached: false"));
+    }
+}
+
+/// A reconnection over TCP loopback: the loop follows the new fd, and lets go of the old
+/// socket (its peer sees the end of the connection).
+fn reconnect(lp: &Loop, order: Reconnect) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dial = Box::new(move || -> Box<dyn Stream> {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nonblocking(true).unwrap();
+        Box::new(s)
+    });
+    let log = Rc::new(Log::default());
+    let (fake, _sock) = Fake::new(&log, dial);
+    let first_fd = fake.fd.unwrap();
+    let id = lp.attach_external(fake, every(5)).unwrap();
+    let (mut s1, _) = listener.accept().unwrap();
+    s1.write_all(b"a").unwrap();
+    run_until(lp, || *log.got.borrow() == b"a");
+
+    lp.with_external(&id, |lib| lib.reconnect = Some(order))
+        .unwrap();
+    run_until(lp, || log.connections.get() == 2);
+    let (mut s2, _) = listener.accept().unwrap();
+    let second_fd = lp.with_external(&id, |lib| lib.fd.unwrap()).unwrap();
+    if let Reconnect::OpenThenClose = order {
+        assert_ne!(first_fd, second_fd);
+    }
+    s2.write_all(b"b").unwrap();
+    run_until(lp, || *log.got.borrow() == b"ab");
+
+    // Nothing of the loop keeps the old socket open.
+    s1.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_closed_by_peer(&mut s1);
+    // And the new one is watched for writing too.
+    lp.with_external(&id, |lib| lib.out.extend_from_slice(b"out"))
+        .unwrap();
+    s2.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    run_until(lp, || {
+        drain(&mut s2, &mut got);
+        got == b"out"
+    });
+    assert!(log.errors.borrow().is_empty(), "{:?}", log.errors.borrow());
+    assert!(lp.detach_external(&id).unwrap().is_some());
+}
