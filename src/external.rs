@@ -23,7 +23,12 @@
 //! # Rules
 //!
 //! * **The library owns its fd.** fdloop never closes it, not even on detach or when the loop
-//!   is dropped (dropping the source is what closes it, if the source's `Drop` does).
+//!   is dropped (dropping the source is what closes it, if the source's `Drop` does). The loop
+//!   registers its own close-on-exec duplicate of the fd (one more fd per attached source), so
+//!   its registration never depends on what the library does with its fd number, and can
+//!   always be removed. The duplicate keeps the library's socket open until the loop notices
+//!   that the library let go of it: right after the callback or [`Loop::with_external`] call
+//!   in which that happened, else at the next callback (one housekeeping period at most).
 //! * **Callbacks must not block**: keep the library's socket non-blocking (libmosquitto does
 //!   after `mosquitto_connect_async`), and do not wait for the network inside a callback.
 //! * **Level-triggered**: a library that reads only part of what is there is called again in
@@ -44,17 +49,17 @@
 //!   (housekeeping or [`Loop::with_external`]) — a file that was already there when the call
 //!   began belongs to whoever reused the number, and is left alone. The same holds for an fd
 //!   that cannot be watched at all (a regular file: `EPERM`) or whose watch fails: one report,
-//!   no retry for that file. Until the loop notices, io_uring keeps a reference to a socket
-//!   closed behind its back (so the peer sees no end of connection yet), and another thread
-//!   may reuse the number at any time: a library should report `None` as soon as it closes
-//!   its socket.
+//!   no retry for that file. Another thread may reuse a closed number at any time: a library
+//!   should report `None` as soon as it closes its socket.
 //! * An attached source keeps the loop alive (its housekeeping timer): [`Loop::run`] returns
 //!   only after [`Loop::detach_external`] or [`Loop::stop`].
-//! * A panic in any of the source's methods called by the loop detaches the source and drops it,
-//!   then unwinds out of [`Loop::run`] as for any callback.
+//! * A panic in one of the source's methods (or in a [`Loop::with_external`] closure) detaches
+//!   the source and drops it; a panic in a loop callback then unwinds out of [`Loop::run`] as
+//!   usual.
 //!
-//! Changing the `WRITABLE` interest allocates one small closure and costs a few syscalls; a
-//! readiness event costs two `fstat` calls on top of the library's own work.
+//! Costs: a readiness event takes two `fstat` calls on top of the library's own work; changing
+//! the `WRITABLE` interest allocates one small closure and takes a few syscalls; a new fd takes
+//! a `dup` and, later, a `close`.
 //!
 //! # Example
 //!
@@ -333,8 +338,9 @@ fn dup(fd: RawFd) -> io::Result<RawFd> {
     cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })
 }
 
-/// Closes a duplicate made by [`dup`].
+/// Closes a duplicate made by [`dup`], after every loop of this thread forgot it.
 fn close_dup(fd: RawFd) {
+    crate::event_loop::forget_fd(fd);
     // SAFETY: `fd` is a duplicate this module made and owns; the loop has detached it (or is
     // gone), and nothing else knows the number, so it is closed exactly once.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });

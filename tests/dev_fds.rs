@@ -389,7 +389,7 @@ fn signalfd_child() {
 }
 
 #[test]
-fn sigset_helpers() {
+fn sigset_operations_and_guard() {
     let mut set = SigSet::empty();
     assert!(set.is_empty());
     set.add(Signal::USR2);

@@ -7,7 +7,7 @@ mod common;
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
@@ -383,6 +383,43 @@ backend_tests! {
         assert!(lp.detach_external(&id).unwrap().is_some());
     }
 
+    fn closed_while_its_file_lives_on_elsewhere(lp: &Loop) {
+        // A child process that inherited the library's socket keeps the file open after the
+        // library closes its fd: the loop must still be able to let go of it (epoll cannot
+        // remove a registration whose fd number is closed).
+        let log = Rc::new(Log::default());
+        let peers: Rc<RefCell<Vec<UnixStream>>> = Rc::default();
+        let (mut fake, sock) = Fake::new(&log, socketpair_dialer(&peers));
+        fake.close_on = Some(b'C');
+        let inherited = {
+            let fd = sock.borrow().as_ref().unwrap().as_raw_fd();
+            // SAFETY: F_DUPFD_CLOEXEC takes no pointer; the new fd is owned by `inherited`.
+            let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+            assert!(d >= 0);
+            // SAFETY: a fresh fd that nothing else owns.
+            unsafe { std::os::fd::OwnedFd::from_raw_fd(d) }
+        };
+        let inode = socket_inode(inherited.as_raw_fd());
+        let id = lp.attach_external(fake, every(5)).unwrap();
+        peers.borrow_mut()[0].write_all(b"aC").unwrap();
+        run_until(lp, || log.errors.borrow().len() == 1);
+        assert!(log.errors.borrow()[0].contains("closed behind the loop"));
+        // The file stays readable (through `inherited`), and nothing of the loop is left on it.
+        peers.borrow_mut()[0].write_all(b"more").unwrap();
+        let readable = log.readable.get();
+        lp.run_for(Duration::from_millis(20)).unwrap();
+        assert_eq!(log.readable.get(), readable);
+        assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
+        assert_eq!(fds_of(inode), 1, "only the inherited fd is left");
+        assert!(
+            epoll_watchers(inode).is_empty(),
+            "epoll sets still watch the closed socket: {:?}",
+            epoll_watchers(inode)
+        );
+        assert!(lp.detach_external(&id).unwrap().is_some());
+        drop(inherited);
+    }
+
     fn unpollable_fd_is_reported_once(lp: &Loop) {
         let log = Rc::new(Log::default());
         let peers: Rc<RefCell<Vec<UnixStream>>> = Rc::default();
@@ -424,6 +461,7 @@ backend_tests! {
             let detached = lp.detach_external(&id).unwrap();
             r.borrow_mut().push(format!("detached: {}", detached.is_some()));
         }));
+        let inode = socket_inode(fake.fd.unwrap());
         let id = lp.attach_external(fake, every(10_000)).unwrap();
         *slot.borrow_mut() = Some(id.clone());
         peers.borrow_mut()[0].write_all(b"q").unwrap();
@@ -433,6 +471,7 @@ backend_tests! {
         assert_eq!(log.readable.get(), 1);
         assert_eq!(*log.got.borrow(), b"q");
         assert!(!lp.run_once().unwrap());
+        assert_eq!(fds_of(inode), 1, "the loop's duplicate was not closed");
         assert_eq!(lp.detach_external(&id).unwrap_err().kind(), io::ErrorKind::NotFound);
         slot.borrow_mut().take();
     }
@@ -441,9 +480,14 @@ backend_tests! {
         let log = Rc::new(Log::default());
         let peers: Rc<RefCell<Vec<UnixStream>>> = Rc::default();
         let (fake, _sock) = Fake::new(&log, socketpair_dialer(&peers));
+        let inode = socket_inode(fake.fd.unwrap());
+        assert_eq!(fds_of(inode), 1);
         let id = lp.attach_external(fake, every(5)).unwrap();
+        // The loop watches a duplicate of its own.
+        assert_eq!(fds_of(inode), 2);
         run_until(lp, || log.housekeeping.get() >= 2);
         let lib = lp.detach_external(&id).unwrap().expect("not in use");
+        assert_eq!(fds_of(inode), 1, "the loop's duplicate was not closed");
         assert!(!log.dropped.get());
         let fd = lib.fd.unwrap();
         assert!(is_open(fd), "fdloop closed the library's fd");
@@ -464,11 +508,14 @@ backend_tests! {
         let peers: Rc<RefCell<Vec<UnixStream>>> = Rc::default();
         let (mut fake, _sock) = Fake::new(&log, socketpair_dialer(&peers));
         fake.panic_on_read = true;
+        let inode = socket_inode(fake.fd.unwrap());
         let id = lp.attach_external(fake, every(10_000)).unwrap();
         peers.borrow_mut()[0].write_all(b"p").unwrap();
         let r = panic::catch_unwind(AssertUnwindSafe(|| lp.run_for(Duration::from_secs(10))));
         assert!(r.is_err(), "the panic did not reach run");
         assert!(log.dropped.get());
+        // The socket itself lives on in the test's handle; the loop's duplicate is gone.
+        assert_eq!(fds_of(inode), 1);
         assert_eq!(lp.detach_external(&id).unwrap_err().kind(), io::ErrorKind::NotFound);
         assert!(!lp.run_once().unwrap(), "something of the source is left in the loop");
     }
@@ -491,11 +538,61 @@ backend_tests! {
         let fd = sock.borrow().as_ref().unwrap().as_raw_fd();
         log.dropped.set(false);
         let id = other.attach_external(fake, every(10_000)).unwrap();
+        let inode = socket_inode(fd);
+        assert_eq!(fds_of(inode), 2);
         drop(other);
         assert!(log.dropped.get());
+        assert_eq!(fds_of(inode), 1, "the loop's duplicate was not closed");
         assert!(is_open(fd), "the loop closed the library's fd");
         assert!(format!("{id:?}").contains("attached: false"));
     }
+}
+
+/// The inode number of the socket `fd`.
+fn socket_inode(fd: RawFd) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/self/fd/{fd}"))
+        .unwrap()
+        .ino()
+}
+
+/// How many fds of this process name the socket with inode `inode`.
+fn fds_of(inode: u64) -> usize {
+    let name = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == name))
+        .count()
+}
+
+/// The epoll sets of this process that have a registration for the file with inode `inode`
+/// (from `/proc/self/fdinfo`), as `(epoll fd, registered fd number)`.
+fn epoll_watchers(inode: u64) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        if target.to_string_lossy() != "anon_inode:[eventpoll]" {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{name}")) else {
+            continue;
+        };
+        for line in info.lines().filter(|l| l.starts_with("tfd:")) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let ino = words
+                .iter()
+                .position(|w| w.starts_with("ino:"))
+                .and_then(|i| u64::from_str_radix(words[i].trim_start_matches("ino:"), 16).ok());
+            if ino == Some(inode) {
+                found.push((name.clone(), words[1].to_string()));
+            }
+        }
+    }
+    found
 }
 
 /// A reconnection over TCP loopback: the loop follows the new fd, and lets go of the old

@@ -5,6 +5,8 @@
 //! criterion benches are in `benches/`. This library holds what they share: a small argument
 //! parser, CPU pinning, the `READY <addr>` handshake and a few `/proc` readers.
 
+pub mod fdloop_echo;
+
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -93,9 +95,28 @@ pub fn ready(addr: SocketAddr) {
 }
 
 /// Binds the listening socket every echo server uses: `SO_REUSEADDR`, the kernel's maximum
-/// backlog, blocking (servers switch it to what their runtime needs).
+/// backlog (`net.core.somaxconn`; std's default of 128 would make a burst of connects wait
+/// for SYN retries), blocking (servers switch it to what their runtime needs).
 pub fn listen(addr: &str) -> io::Result<std::net::TcpListener> {
-    std::net::TcpListener::bind(addr)
+    let l = std::net::TcpListener::bind(addr)?;
+    // Listening again on a listening socket only changes its backlog (clamped by the kernel).
+    // SAFETY: a plain syscall on an fd that `l` owns.
+    if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 65535) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(l)
+}
+
+/// `--backend uring|epoll` (default `uring`) as fdloop's choice.
+pub fn backend_arg(args: &Args) -> fdloop::BackendChoice {
+    match args.get_str("backend").unwrap_or("uring") {
+        "uring" | "io_uring" => fdloop::BackendChoice::Uring,
+        "epoll" => fdloop::BackendChoice::Epoll,
+        other => {
+            eprintln!("--backend: uring or epoll, not {other:?}");
+            std::process::exit(2);
+        }
+    }
 }
 
 /// Raises `RLIMIT_NOFILE` to at least `want` (up to the hard limit, which root may raise to

@@ -228,7 +228,7 @@ pub(crate) fn assert_fiber(what: &str, instead: &str) {
     );
 }
 
-/// The device helpers' blocking pattern: `attempt` is a non-blocking syscall; while it gives
+/// The blocking pattern of the `dev` types: `attempt` is a non-blocking syscall; while it gives
 /// `WouldBlock`, the fiber waits for `interest` on `fd` (at most until `timeout` has passed in
 /// all) and tries again.
 pub(crate) fn retry_in_fiber<T>(

@@ -36,24 +36,31 @@
 //!
 //! # What is tested, and how
 //!
-//! The test machine's kernel has no GPIO support at all (`CONFIG_GPIOLIB` off, no modules, no
-//! configfs), so neither `gpio-sim` nor `gpio-mockup` can provide a chip, and
-//! `/sys/class/gpio` does not exist. `tests/gpio.rs` therefore checks, on both backends:
+//! The reference test machine's kernel (Linux 6.18) has no GPIO support at all (`CONFIG_GPIOLIB`
+//! off, no loadable modules, no configfs), so neither `gpio-sim` nor `gpio-mockup` can provide
+//! a chip there, and `/sys/class/gpio` does not exist. `tests/gpio.rs` checks:
 //!
 //! * the `#[repr(C)]` ioctl structures: their sizes (also asserted at compile time against
-//!   the kernel header's) and the ioctl numbers;
+//!   the kernel header's), key field offsets, and the ioctl numbers; the encoding of a
+//!   [`cdev::LineConfig`] into a request (flags, output values, debounce) and its validation
+//!   (unit tests in `cdev`);
 //! * the edge-event record decoder ([`cdev::decode_edge_event`]) with hand-made records,
-//!   including truncated and malformed ones;
-//! * [`cdev::LineRequest::read_edge_event`] (fiber) and
-//!   [`cdev::LineRequest::try_read_edge_event`] (callback), fed with records written into a
-//!   pipe adopted with [`cdev::LineRequest::from_fd`];
+//!   including truncated and malformed ones, and arbitrary bytes of every length up to 100;
+//! * on both backends, [`cdev::LineRequest::read_edge_event`] (fiber, with a timeout) and
+//!   [`cdev::LineRequest::try_read_edge_event`] (callback, 20 events drained in one
+//!   callback), fed with records written into a pipe adopted with
+//!   [`cdev::LineRequest::from_fd`] — the same fd-level path as a kernel request fd;
 //! * the error for a GPIO number that does not exist ("gpio 9999: no such GPIO (export
-//!   failed: …)"), and [`cdev::Chip::open`] on a file that is not a GPIO chip;
-//! * the sysfs attribute logic (direction, edge, active_low, value) against a directory tree
+//!   failed: …)"), and [`cdev::Chip::open`] on a missing path and on a file that is not a
+//!   GPIO chip;
+//! * the sysfs attribute logic (export, direction, edge, active_low, value, unexport, and the
+//!   errors of [`sysfs::Pin::wait_edge`] and [`sysfs::Pin::watch`]) against a directory tree
 //!   built in a temporary directory ([`sysfs::SysfsGpio::at`]);
-//! * a real chip, when a `/dev/gpiochip*` exists: chip info, line info, a request, values,
-//!   and an edge event when the chip is `gpio-sim` (whose pulls can be set through configfs);
-//!   otherwise that test prints "skipped: no /dev/gpiochip*" and passes.
+//! * a real chip, on both backends: with `gpio-sim` available in configfs, a simulated chip
+//!   is created and chip info, line info, a busy line, edge events (driven through the
+//!   simulator's `pull` attribute) and output values are checked; with only some
+//!   `/dev/gpiochip*`, chip and line info; with neither, the test prints "skipped: no
+//!   /dev/gpiochip*" and passes.
 //!
 //! The `POLLPRI` path that a sysfs `value` file uses (kernfs notifications, re-read from
 //! offset 0) is exercised for real with the cgroup v2 `cgroup.events` file in

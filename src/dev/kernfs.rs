@@ -67,6 +67,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawF
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use fdloop_backends::FdClass;
@@ -80,6 +81,8 @@ use crate::{Interest, Loop};
 pub struct Attribute {
     fd: LoopFd,
     path: PathBuf,
+    /// Whether the file can be polled: 0 not checked yet, 1 yes, 2 no.
+    pollable: AtomicU8,
 }
 
 impl fmt::Debug for Attribute {
@@ -133,6 +136,7 @@ impl Attribute {
         Ok(Attribute {
             fd: LoopFd::new(fd),
             path: path.to_path_buf(),
+            pollable: AtomicU8::new(0),
         })
     }
 
@@ -236,7 +240,17 @@ impl Attribute {
     /// not a regular file).
     fn check_pollable(&self) -> io::Result<()> {
         let fd = self.fd.as_raw_fd();
-        if FdClass::of(fd)? == FdClass::File && !FdClass::can_poll(fd)? {
+        let known = self.pollable.load(Ordering::Relaxed);
+        let pollable = if known == 0 {
+            // Checked once: `can_poll` asks a throw-away epoll set.
+            let p = FdClass::of(fd)? != FdClass::File || FdClass::can_poll(fd)?;
+            self.pollable
+                .store(if p { 1 } else { 2 }, Ordering::Relaxed);
+            p
+        } else {
+            known == 1
+        };
+        if !pollable {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 format!(

@@ -1,0 +1,158 @@
+//! Memory of many idle fiber connections: N connections, one fiber each parked in `read`;
+//! the process's resident memory (`VmRSS`) before and after.
+//!
+//! ```text
+//! memory [--backend uring|epoll] [--conns 100000] [--stack 65536] [--buf 1024]
+//!        [--cq-entries N] [--probes 8]
+//! ```
+//!
+//! Each fiber stack is two memory mappings (stack + guard page), so 100,000 fibers need
+//! `vm.max_map_count` above 200,000 (the default is 65,530); the process also needs about
+//! 2 × N fds (client and server ends live in this process), so it raises `RLIMIT_NOFILE`
+//! (root can raise the hard limit up to `fs.nr_open`). The clients connect from a second
+//! thread to five listeners (one port cannot take 100,000 connections from one address:
+//! the ephemeral port range is about 28,000 ports per destination).
+//!
+//! The resident memory of the client sockets is kernel memory, not counted in `VmRSS`; the
+//! client thread's own memory is a `Vec` of sockets (a few hundred KiB). After the
+//! measurement, a few connections each send one byte and wait up to 2 s for the echo.
+
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fdloop::Loop;
+use fdloop_bench::fdloop_echo::accept_fibers;
+use fdloop_bench::{backend_arg, proc_status, Args};
+
+const LISTENERS: usize = 5;
+
+fn rss_kib() -> u64 {
+    proc_status("/proc/self/status", "VmRSS").unwrap_or(0)
+}
+
+fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let conns: usize = args.get("conns", 100_000);
+    let stack: usize = args.get("stack", 64 * 1024);
+    let buf: usize = args.get("buf", 1024);
+    let probes: usize = args.get("probes", 8);
+    let maps: u64 = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if maps < 2 * conns as u64 + 10_000 {
+        eprintln!(
+            "vm.max_map_count is {maps}; {conns} fibers need about {} mappings: \
+             run `sysctl -w vm.max_map_count={}` (or use fewer --conns)",
+            2 * conns,
+            (2 * conns + 65_536).next_power_of_two()
+        );
+        std::process::exit(2);
+    }
+    let nofile = fdloop_bench::raise_nofile(2 * conns as u64 + 1024)?;
+    if nofile < 2 * conns as u64 + 64 {
+        eprintln!("RLIMIT_NOFILE is {nofile}: too low for {conns} connections (run as root, or raise `ulimit -n`)");
+        std::process::exit(2);
+    }
+
+    let lp = Loop::builder()
+        .backend(backend_arg(&args))
+        .stack_size(stack)
+        .cq_entries(args.get("cq-entries", 1024))
+        .build()?;
+    let rss_start = rss_kib();
+    let accepted = Rc::new(Cell::new(0usize));
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for _ in 0..LISTENERS {
+        let l = fdloop_bench::listen("127.0.0.1:0")?;
+        addrs.push(l.local_addr()?);
+        let l = fdloop::net::TcpListener::from_std(l)?;
+        let a = accepted.clone();
+        // The accept fibers' buffers size does not matter; the connection fibers' does.
+        match buf {
+            0..=1024 => lp.spawn(move || accept_fibers::<1024>(l, a)),
+            1025..=4096 => lp.spawn(move || accept_fibers::<4096>(l, a)),
+            _ => lp.spawn(move || accept_fibers::<16384>(l, a)),
+        };
+    }
+
+    let (tx, rx) = mpsc::channel();
+    let t_connect = Instant::now();
+    std::thread::spawn(move || {
+        let mut v = Vec::with_capacity(conns);
+        for i in 0..conns {
+            match TcpStream::connect(addrs[i % LISTENERS]) {
+                Ok(s) => v.push(s),
+                Err(e) => {
+                    eprintln!("connect {i}: {e}");
+                    break;
+                }
+            }
+        }
+        let _ = tx.send(v);
+    });
+    let clients: Vec<TcpStream> = loop {
+        lp.run_for(Duration::from_millis(50))?;
+        if let Ok(v) = rx.try_recv() {
+            let t = Instant::now();
+            while accepted.get() < v.len() && t.elapsed() < Duration::from_secs(60) {
+                lp.run_for(Duration::from_millis(50))?;
+            }
+            break v;
+        }
+    };
+    let connect_s = t_connect.elapsed().as_secs_f64();
+    // Settle: every fiber parked in its read.
+    lp.run_for(Duration::from_millis(500))?;
+    let rss_end = rss_kib();
+    let hwm = proc_status("/proc/self/status", "VmHWM").unwrap_or(0);
+    let n = accepted.get();
+
+    let idx: Vec<usize> = (0..probes.min(clients.len()))
+        .map(|k| {
+            if probes <= 1 {
+                0
+            } else {
+                k * (clients.len() - 1) / (probes - 1)
+            }
+        })
+        .collect();
+    let probe_clients: Vec<TcpStream> = idx
+        .iter()
+        .map(|&i| clients[i].try_clone())
+        .collect::<Result<_, _>>()?;
+    let handle = lp.handle();
+    let prober = std::thread::spawn(move || {
+        let mut ok = 0;
+        for mut c in probe_clients {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut b = [0u8; 1];
+            if c.write_all(b"x").is_ok() && c.read_exact(&mut b).is_ok() {
+                ok += 1;
+            }
+        }
+        let _ = handle.stop();
+        ok
+    });
+    lp.run_for(Duration::from_secs(2 * probes as u64 + 5))?;
+    let answered = prober.join().unwrap_or(0);
+
+    let per_conn = if n > 0 {
+        (rss_end.saturating_sub(rss_start)) as f64 * 1024.0 / n as f64
+    } else {
+        0.0
+    };
+    println!(
+        "{{\"bench\":\"memory\",\"backend\":\"{}\",\"conns\":{n},\"stack\":{stack},\"buf\":{buf},\
+         \"rss_start_kib\":{rss_start},\"rss_kib\":{rss_end},\"hwm_kib\":{hwm},\
+         \"bytes_per_conn\":{per_conn:.0},\"connect_s\":{connect_s:.2},\
+         \"probes\":{},\"probes_answered\":{answered}}}",
+        lp.backend().kind.short_name(),
+        idx.len(),
+    );
+    std::process::exit(0);
+}
