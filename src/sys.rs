@@ -124,8 +124,9 @@ pub(crate) fn sockaddr_to(storage: &libc::sockaddr_storage) -> Option<SocketAddr
 }
 
 /// An fd owned by one of fdloop's I/O types. Closing it (on drop) first makes the loops of this
-/// thread forget what they cached about the number, so that it can be reused by another kind
-/// of file without confusing a driver.
+/// thread forget what they cached about the number, and counts the close process-wide so that
+/// loops of other threads notice it too, so that the number can be reused by another kind of
+/// file without confusing a driver.
 #[derive(Debug)]
 pub(crate) struct LoopFd(ManuallyDrop<OwnedFd>);
 
@@ -137,6 +138,7 @@ impl LoopFd {
     /// Gives the fd up (the caller owns it now; the loops are told to forget it).
     pub(crate) fn into_owned(self) -> OwnedFd {
         crate::event_loop::forget_fd(self.0.as_raw_fd());
+        fdloop_backends::note_close(self.0.as_raw_fd());
         let mut this = ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again, so the fd is moved out exactly once.
         unsafe { ManuallyDrop::take(&mut this.0) }
@@ -145,7 +147,10 @@ impl LoopFd {
 
 impl Drop for LoopFd {
     fn drop(&mut self) {
+        // This thread's loops forget at once (an epoll registration is removed now); loops on
+        // other threads notice the close count when they next look the number up.
         crate::event_loop::forget_fd(self.0.as_raw_fd());
+        fdloop_backends::note_close(self.0.as_raw_fd());
         // SAFETY: dropped exactly once, here.
         unsafe { ManuallyDrop::drop(&mut self.0) };
     }

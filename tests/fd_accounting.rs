@@ -44,6 +44,48 @@ fn stale_registration_never_reaches_a_reused_fd_number(lp: &Loop) {
     drop((w, reused, a, b));
 }
 
+/// A file is read through the loop (its driver caches "regular file" for the number), then
+/// moved to another thread and dropped there; a pipe then gets the same number on the loop's
+/// thread. The driver must notice that the number names another file now (the close count)
+/// and treat the pipe as a pipe.
+fn fd_closed_on_another_thread_is_noticed(choice: BackendChoice) {
+    let Some(lp) = common::new_loop(choice) else {
+        return;
+    };
+    let path = common::temp_path("cross-thread");
+    std::fs::write(&path, b"file contents").unwrap();
+    let p = path.clone();
+    let h = lp.spawn(move || {
+        let f = fdloop::fs::File::open(&p).unwrap();
+        let mut buf = [0u8; 4];
+        f.read_at(&mut buf, 0).unwrap();
+        f
+    });
+    lp.run().unwrap();
+    let file = h.join().unwrap();
+    let number = std::os::fd::AsRawFd::as_raw_fd(&file);
+    std::thread::spawn(move || drop(file)).join().unwrap();
+    let (mut rx, mut tx) = fdloop::pipe().unwrap();
+    let reused = std::os::fd::AsRawFd::as_raw_fd(&rx) == number
+        || std::os::fd::AsRawFd::as_raw_fd(&tx) == number;
+    let reader = lp.spawn(move || {
+        let mut buf = [0u8; 5];
+        std::io::Read::read_exact(&mut rx, &mut buf).unwrap();
+        buf
+    });
+    lp.spawn(move || {
+        fdloop::fiber::sleep(Duration::from_millis(2));
+        std::io::Write::write_all(&mut tx, b"pipe!").unwrap();
+    });
+    lp.run().unwrap();
+    assert_eq!(&reader.join().unwrap(), b"pipe!");
+    assert!(
+        reused,
+        "the pipe should have taken the freed number {number}"
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
 /// `close()` with reads, accepts and polls in flight returns and leaks no fd.
 fn close_with_work_in_flight(choice: BackendChoice) {
     let before = fd_count();
@@ -81,6 +123,9 @@ fn fd_numbers_and_accounting_on_both_backends() {
         if let Some(lp) = common::new_loop(choice) {
             stale_registration_never_reaches_a_reused_fd_number(&lp);
         }
+    }
+    for choice in [BackendChoice::Uring, BackendChoice::Epoll] {
+        fd_closed_on_another_thread_is_noticed(choice);
     }
     close_with_work_in_flight(BackendChoice::Uring);
     close_with_work_in_flight(BackendChoice::Epoll);

@@ -3,6 +3,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::sys::cvt;
 
@@ -102,4 +103,29 @@ impl FdClass {
             | FdClass::Stream { nonblocking } => nonblocking,
         }
     }
+}
+
+/// fd numbers whose closes are counted (higher numbers are not tracked; their owners rely on
+/// `Driver::forget_fd` / `cancel_fd` alone).
+const TRACKED_FDS: usize = 1 << 16;
+
+/// How many times each fd number was closed by an owner that says so ([`note_close`]),
+/// process-wide. Drivers remember the count when they cache facts about an fd and treat a
+/// changed count as "another file now": this catches an fd closed on another thread, where
+/// the thread's own loops could not be told.
+static CLOSES: [AtomicU32; TRACKED_FDS] = [const { AtomicU32::new(0) }; TRACKED_FDS];
+
+/// Records that the owner of `fd` is about to close it (any thread). Cheap: one atomic add.
+pub fn note_close(fd: RawFd) {
+    if let Some(c) = usize::try_from(fd).ok().and_then(|i| CLOSES.get(i)) {
+        c.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// The close count of `fd` (see [`note_close`]); 0 for untracked numbers.
+pub(crate) fn close_count(fd: RawFd) -> u32 {
+    usize::try_from(fd)
+        .ok()
+        .and_then(|i| CLOSES.get(i))
+        .map_or(0, |c| c.load(Ordering::Acquire))
 }

@@ -50,7 +50,7 @@ mod sys;
 pub mod uring;
 mod waker;
 
-pub use fdclass::FdClass;
+pub use fdclass::{note_close, FdClass};
 pub use slab::{OpId, OpSlab};
 pub use waker::Waker;
 

@@ -180,7 +180,7 @@ pub struct Uring {
     limit: usize,
     /// `FdClass` per fd number, computed on first use by a tty-eligible operation or a
     /// `PRIORITY` poll.
-    classes: Vec<Option<FdClass>>,
+    classes: Vec<Option<(FdClass, u32)>>,
     wake: Arc<WakeFd>,
     /// The waker's poll is in the SQ or the kernel.
     waker_armed: bool,
@@ -520,14 +520,17 @@ impl Uring {
     /// The cached kind of `fd`, looked up on a miss (errors are not cached).
     fn class_of(&mut self, fd: RawFd) -> Option<FdClass> {
         let idx = usize::try_from(fd).ok()?;
-        if let Some(Some(class)) = self.classes.get(idx) {
-            return Some(*class);
+        let closes = crate::fdclass::close_count(fd);
+        if let Some(Some((class, seen))) = self.classes.get(idx) {
+            if *seen == closes {
+                return Some(*class);
+            }
         }
         let class = FdClass::of(fd).ok()?;
         if idx >= self.classes.len() {
             self.classes.resize(idx + 1, None);
         }
-        self.classes[idx] = Some(class);
+        self.classes[idx] = Some((class, closes));
         Some(class)
     }
 

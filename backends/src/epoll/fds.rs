@@ -38,6 +38,8 @@ pub(super) struct FdEntry {
     dirty: bool,
     /// Operations on this fd running or queued on the file pool.
     pub(super) pool_jobs: usize,
+    /// The fd's close count when `class` was computed ([`crate::note_close`]).
+    closes: u32,
 }
 
 impl FdEntry {
@@ -88,13 +90,25 @@ impl FdTable {
     /// use. An fd that is not open gives `EBADF` and no entry is created.
     pub(super) fn entry(&mut self, fd: RawFd) -> io::Result<&mut FdEntry> {
         let i = usize::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-        let known = self.entries.get(i).is_some_and(|e| e.class.is_some());
+        let closes = crate::fdclass::close_count(fd);
+        let known = self
+            .entries
+            .get(i)
+            .is_some_and(|e| e.class.is_some() && e.closes == closes);
         if !known {
             let class = FdClass::of(fd)?;
             if i >= self.entries.len() {
                 self.entries.resize_with(i + 1, FdEntry::default);
             }
-            self.entries[i].class = Some(class);
+            let e = &mut self.entries[i];
+            if e.class.is_some() && e.closes != closes {
+                // The number was closed (on any thread) and now names another file: what was
+                // known about the old one is void. Its registration went with the close.
+                e.registered = None;
+                e.unpollable = false;
+            }
+            e.class = Some(class);
+            e.closes = closes;
         }
         Ok(&mut self.entries[i])
     }
