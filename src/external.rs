@@ -42,15 +42,16 @@
 //! * **A socket closed behind the loop's back** (the library closed it but still reports its
 //!   number, or someone else closed it) is noticed at the next callback: before dispatching a
 //!   readiness event the loop checks that the fd still names the file it watches, and after
-//!   every callback it checks the fd again. It is reported **once** to
-//!   [`ExternalSource::on_error`], the watch is removed, and housekeeping continues (that is
-//!   where libraries reconnect). A new fd is watched as soon as `fd()` returns it: another
-//!   number, or the same number when a new file appeared there during a call into the source
-//!   (housekeeping or [`Loop::with_external`]) — a file that was already there when the call
-//!   began belongs to whoever reused the number, and is left alone. The same holds for an fd
-//!   that cannot be watched at all (a regular file: `EPERM`) or whose watch fails: one report,
-//!   no retry for that file. Another thread may reuse a closed number at any time: a library
-//!   should report `None` as soon as it closes its socket.
+//!   every call into the source it checks again. The problem is reported **once** (per fd
+//!   number) to [`ExternalSource::on_error`], the watch is removed, and housekeeping continues
+//!   (that is where libraries reconnect). Another fd number returned by `fd()` is watched at
+//!   once. The same number is watched again only for a file that appeared there *during* a
+//!   call into the source (a reconnection that got the number back); a file that was already
+//!   there when the call began belongs to whoever reused the number, and is left alone. An fd
+//!   that cannot be watched at all (a regular file: `EPERM`), or whose watch fails, is treated
+//!   the same way: one report, no retry. A library should still report `None` as soon as it
+//!   closes its socket: another thread may reuse a closed number at any time, even during a
+//!   call.
 //! * An attached source keeps the loop alive (its housekeeping timer): [`Loop::run`] returns
 //!   only after [`Loop::detach_external`] or [`Loop::stop`].
 //! * A panic in one of the source's methods (or in a [`Loop::with_external`] closure) detaches
@@ -267,13 +268,15 @@ struct State<S> {
     /// guard clears it when the loop drops the callback (the registration is gone).
     live: Cell<u64>,
     next_generation: Cell<u64>,
-    /// The fd (and the file it names, `None` when it is not open) already reported to
-    /// `on_error`: not reported again, nor watched again, until `fd()` names something else.
-    reported: Cell<Option<(RawFd, Option<Ident>)>>,
-    /// While an fd number is reported: the file it named just before the current call into
-    /// the source. A file that appears at that number during the call is the library's.
-    before_call: Cell<Option<(RawFd, Option<Ident>)>>,
+    /// The fd number whose problem was reported to `on_error`: not reported again until
+    /// `fd()` returns `None` or a watch starts.
+    reported: Cell<Option<RawFd>>,
 }
+
+/// The fd number the loop follows (watched, or reported) and the file it named just before a
+/// call into the source. A new file at that number after the call is the library's only if it
+/// appeared during the call.
+type Before = Option<(RawFd, Option<Ident>)>;
 
 impl<S> Drop for State<S> {
     fn drop(&mut self) {
@@ -365,8 +368,16 @@ fn not_attached() -> io::Error {
 
 fn closed_behind(fd: RawFd, err: &io::Error) -> io::Error {
     io::Error::other(format!(
-        "fd {fd} of the external source was closed behind the loop ({err}); it is no longer \
-         watched until fd() returns an open fd"
+        "fd {fd} of the external source was closed behind the loop ({err}); it is not watched \
+         until fd() changes or a new file appears there during a call into the source"
+    ))
+}
+
+fn reused_behind(fd: RawFd) -> io::Error {
+    io::Error::other(format!(
+        "fd {fd} of the external source was closed behind the loop and now names another file; \
+         it is not watched until fd() changes or a new file appears there during a call into \
+         the source"
     ))
 }
 
@@ -416,33 +427,18 @@ impl<S: ExternalSource + 'static> State<S> {
         }
     }
 
-    /// Before a call into the source (housekeeping, `with_external`): while an fd number is
-    /// reported, notes which file it names now.
-    fn note_before_call(&self) {
-        let note = self.reported.get().map(|(fd, _)| (fd, identity(fd).ok()));
-        self.before_call.set(note);
+    /// Before a call into the source: which file the followed fd number names now.
+    fn before_call(&self) -> Before {
+        let followed = self.watch.get().map(|w| w.fd).or(self.reported.get());
+        followed.map(|fd| (fd, identity(fd).ok()))
     }
 
-    /// Whether the file `ident` at the reported number `fd` may be watched: not the file that
-    /// failed, and one that appeared during the call into the source that just returned — a
-    /// file that was already there belongs to someone who reused the number the library still
-    /// reports.
-    fn may_watch_again(&self, fd: RawFd, ident: Ident) -> bool {
-        match self.reported.get() {
-            Some((n, failed)) if n == fd => {
-                failed != Some(ident)
-                    && matches!(self.before_call.get(), Some((b, before)) if b == fd && before != Some(ident))
-            }
-            _ => true,
-        }
-    }
-
-    /// Reports a watch problem once per `key`.
-    fn report(&self, lp: &Loop, src: &mut S, key: (RawFd, Option<Ident>), err: io::Error) {
-        if self.reported.get() == Some(key) {
+    /// Reports a problem with the fd number `fd` once.
+    fn report(&self, lp: &Loop, src: &mut S, fd: RawFd, err: io::Error) {
+        if self.reported.get() == Some(fd) {
             return;
         }
-        self.reported.set(Some(key));
+        self.reported.set(Some(fd));
         src.on_error(lp, err);
     }
 }
@@ -521,8 +517,14 @@ fn set_writable<S: ExternalSource + 'static>(
     Ok(())
 }
 
-/// After a call into the source: follows its fd and its write interest.
-fn refresh<S: ExternalSource + 'static>(lp: &Loop, state: &Rc<State<S>>, src: &mut S) {
+/// After a call into the source: follows its fd and its write interest. `before` is what the
+/// followed fd number named before the call.
+fn refresh<S: ExternalSource + 'static>(
+    lp: &Loop,
+    state: &Rc<State<S>>,
+    src: &mut S,
+    before: Before,
+) {
     if !state.attached.get() {
         return;
     }
@@ -539,11 +541,13 @@ fn refresh<S: ExternalSource + 'static>(lp: &Loop, state: &Rc<State<S>>, src: &m
         return;
     };
     let ident = identity(fd);
+    // The number the loop was following: watched, or reported.
+    let followed = live.map(|w| w.fd).or(state.reported.get()) == Some(fd);
     let live = match live {
         Some(w) if w.fd == fd && ident.as_ref().ok() == Some(&w.ident) => Some(w),
         Some(w) => {
-            // Another fd, the same number closed, or the same number naming a new file: the
-            // old registration goes before anything else can reuse the number.
+            // Another fd, the same number closed, or the same number naming another file: the
+            // old registration goes.
             state.unwatch(lp, w);
             None
         }
@@ -552,10 +556,21 @@ fn refresh<S: ExternalSource + 'static>(lp: &Loop, state: &Rc<State<S>>, src: &m
     let ident = match ident {
         Ok(ident) => ident,
         Err(e) => {
-            state.report(lp, src, (fd, None), closed_behind(fd, &e));
+            state.report(lp, src, fd, closed_behind(fd, &e));
             return;
         }
     };
+    if live.is_none() && followed {
+        // The followed number names a file that is not the one watched. It is the library's
+        // if it appeared during the call (a reconnection that got the number back); if it was
+        // there before, the library's file was closed behind the loop and someone else reused
+        // the number.
+        let appeared = matches!(before, Some((b, was)) if b == fd && was != Some(ident));
+        if !appeared {
+            state.report(lp, src, fd, reused_behind(fd));
+            return;
+        }
+    }
     if !state.attached.get() {
         return;
     }
@@ -565,13 +580,12 @@ fn refresh<S: ExternalSource + 'static>(lp: &Loop, state: &Rc<State<S>>, src: &m
         Some(w) => {
             if let Err(e) = set_writable(lp, state, w, write) {
                 state.unwatch(lp, w);
-                state.report(lp, src, (fd, Some(ident)), watch_failed(fd, &e));
+                state.report(lp, src, fd, watch_failed(fd, &e));
             }
         }
-        None if !state.may_watch_again(fd, ident) => {}
         None => match watch_fd(lp, state, fd, ident, write) {
             Ok(()) => state.reported.set(None),
-            Err(e) => state.report(lp, src, (fd, Some(ident)), watch_failed(fd, &e)),
+            Err(e) => state.report(lp, src, fd, watch_failed(fd, &e)),
         },
     }
 }
@@ -605,15 +619,16 @@ fn on_ready<S: ExternalSource + 'static>(
         // The watch itself failed (the loop removes a failed registration; POLLNVAL means the
         // fd is closed): report once, and do not watch that file again.
         state.unwatch(lp, w);
-        let key = (w.fd, identity(w.fd).ok());
-        state.report(lp, src, key, watch_failed(w.fd, &err));
-        refresh(lp, state, src);
+        state.report(lp, src, w.fd, watch_failed(w.fd, &err));
+        let now = Some((w.fd, identity(w.fd).ok()));
+        refresh(lp, state, src, now);
         return;
     }
     // The event is for the file registered; if the number was closed or names another file
     // now, the library must not be called for it.
-    if identity(w.fd).ok() != Some(w.ident) {
-        refresh(lp, state, src);
+    let now = identity(w.fd).ok();
+    if now != Some(w.ident) {
+        refresh(lp, state, src, Some((w.fd, now)));
         return;
     }
     if ready.is_readable() || ready.is_hup() || ready.is_error() {
@@ -626,7 +641,7 @@ fn on_ready<S: ExternalSource + 'static>(
             src.on_error(lp, e);
         }
     }
-    refresh(lp, state, src);
+    refresh(lp, state, src, Some((w.fd, now)));
 }
 
 /// The housekeeping timer's callback.
@@ -643,12 +658,11 @@ fn on_housekeeping<S: ExternalSource + 'static>(lp: &Loop, state: &Rc<State<S>>)
         source: Some(source),
     };
     let src = held.get();
-    state.note_before_call();
+    let before = state.before_call();
     if let Err(e) = src.housekeeping(lp) {
         src.on_error(lp, e);
     }
-    refresh(lp, state, src);
-    state.before_call.set(None);
+    refresh(lp, state, src, before);
 }
 
 impl Loop {
@@ -684,7 +698,6 @@ impl Loop {
             live: Cell::new(0),
             next_generation: Cell::new(0),
             reported: Cell::new(None),
-            before_call: Cell::new(None),
         });
         let st = state.clone();
         let timer = self.start_timer(Timer::every(options.housekeeping_every), move |lp, _id| {
@@ -700,7 +713,7 @@ impl Loop {
             state: &state,
             source: Some(source),
         };
-        refresh(self, &state, held.get());
+        refresh(self, &state, held.get(), None);
         drop(held);
         Ok(id)
     }
@@ -773,10 +786,9 @@ impl Loop {
             state: &state,
             source: Some(source),
         };
-        state.note_before_call();
+        let before = state.before_call();
         let r = f(held.get());
-        refresh(self, &state, held.get());
-        state.before_call.set(None);
+        refresh(self, &state, held.get(), before);
         drop(held);
         Ok(r)
     }

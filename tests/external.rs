@@ -11,10 +11,11 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fdloop::external::{ExternalId, ExternalOptions, ExternalSource};
-use fdloop::Loop;
+use fdloop::{BackendChoice, BackendKind, Loop};
 
 /// What the fake library saw.
 #[derive(Default)]
@@ -262,7 +263,40 @@ fn assert_closed_by_peer(s: &mut impl Read) {
     }
 }
 
-backend_tests! {
+/// Serializes the tests of this file: some close an fd behind the loop and check what becomes
+/// of its number, which any other test of this process could otherwise take at any moment.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `backend_tests!` (one test per backend), run one at a time (see [`one_at_a_time`]); the
+/// lock is taken before the loop is built, since building one opens fds.
+macro_rules! serial_backend_tests {
+    ($(fn $name:ident($lp:ident : &Loop) $body:block)*) => {$(
+        mod $name {
+            use super::*;
+            fn body($lp: &Loop) $body
+            #[test]
+            fn uring() {
+                let _one = one_at_a_time();
+                if let Some(lp) = common::new_loop(BackendChoice::Uring) {
+                    assert_eq!(lp.backend().kind, BackendKind::Uring);
+                    body(&lp);
+                }
+            }
+            #[test]
+            fn epoll() {
+                let _one = one_at_a_time();
+                let lp = common::new_loop(BackendChoice::Epoll).unwrap();
+                assert_eq!(lp.backend().kind, BackendKind::Epoll);
+                body(&lp);
+            }
+        }
+    )*};
+}
+
+serial_backend_tests! {
     fn partial_reads_are_called_again(lp: &Loop) {
         let log = Rc::new(Log::default());
         let peers = Rc::default();
@@ -361,6 +395,55 @@ backend_tests! {
         run_until(lp, || *log.got.borrow() == b"xz");
         assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
         assert!(lp.detach_external(&id).unwrap().is_some());
+    }
+
+    fn closed_behind_and_the_number_reused(lp: &Loop) {
+        let log = Rc::new(Log::default());
+        let peers: Rc<RefCell<Vec<UnixStream>>> = Rc::default();
+        let (fake, sock) = Fake::new(&log, socketpair_dialer(&peers));
+        let id = lp.attach_external(fake, every(5)).unwrap();
+        peers.borrow_mut()[0].write_all(b"x").unwrap();
+        run_until(lp, || *log.got.borrow() == b"x");
+
+        // The library's socket is closed behind the loop's back and its number now names a
+        // pipe with data in it (dup2 does both at once), while fd() still reports the number.
+        let (r, w) = common::pipe();
+        common::write_fd(&w, b"not for the library");
+        let stream = sock.borrow_mut().take().unwrap();
+        let number = stream.as_raw_fd();
+        std::mem::forget(stream); // the number is about to belong to the pipe
+        // SAFETY: dup2 takes two ints; `number` is closed and reused atomically.
+        assert_eq!(unsafe { libc::dup2(r.as_raw_fd(), number) }, number);
+        // SAFETY: `number` is a fresh duplicate of the pipe that nothing else owns now.
+        let reused = unsafe { std::os::fd::OwnedFd::from_raw_fd(number) };
+        let _ = peers.borrow_mut()[0].write(b"y");
+        let readable = log.readable.get();
+        let housekeeping = log.housekeeping.get();
+        let start = Instant::now();
+        let mut iterations = 0;
+        while start.elapsed() < Duration::from_millis(50) {
+            lp.run_once().unwrap();
+            iterations += 1;
+        }
+        run_until(lp, || log.housekeeping.get() >= housekeeping + 2);
+        assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
+        assert!(log.errors.borrow()[0].contains("now names another file"), "{:?}", log.errors.borrow());
+        assert_eq!(log.readable.get(), readable, "the library was called for the pipe");
+        assert!(iterations < 100, "{iterations} iterations in 50 ms");
+        // The loop let go of the socket.
+        peers.borrow()[0].set_nonblocking(false).unwrap();
+        peers.borrow()[0].set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_closed_by_peer(&mut peers.borrow_mut()[0]);
+
+        // The library reconnects (on another number: the pipe holds the old one).
+        lp.with_external(&id, |lib| lib.reconnect = Some(Reconnect::CloseThenOpen)).unwrap();
+        run_until(lp, || log.connections.get() == 2);
+        peers.borrow_mut()[1].write_all(b"z").unwrap();
+        run_until(lp, || *log.got.borrow() == b"xz");
+        assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
+        assert!(lp.detach_external(&id).unwrap().is_some());
+        // Nobody read the pipe.
+        assert_eq!(common::read_fd(&reused, 64), b"not for the library");
     }
 
     fn closed_inside_a_callback_then_recovers(lp: &Loop) {

@@ -146,8 +146,12 @@ pub struct Epoll {
     pool_done: Vec<(OpId, i32)>,
     /// Buffer for ids (cancel by fd, shutdown), reused.
     scratch: Vec<OpId>,
+    /// Buffer for fds (rebuilding the set), reused.
+    scratch_fds: Vec<RawFd>,
     /// `epoll_pwait2` is available (cleared on `ENOSYS`).
     pwait2: bool,
+    /// A registration could not be removed (see `FdTable::drop_stale`): rebuild the set.
+    rebuild: bool,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -184,9 +188,50 @@ impl Epoll {
             pool_jobs: 0,
             pool_done: Vec::new(),
             scratch: Vec::new(),
+            scratch_fds: Vec::new(),
             pwait2: true,
+            rebuild: false,
             _not_send: PhantomData,
         })
+    }
+
+    /// Replaces the epoll set by a fresh one holding the waker and every registration the table
+    /// knows. The only way to drop a registration whose fd number was closed while its file
+    /// stays open elsewhere: `EPOLL_CTL_DEL` needs the number. Rare (a caller closed a watched
+    /// fd without detaching it first); O(registered fds).
+    fn rebuild_set(&mut self) -> io::Result<()> {
+        // SAFETY: epoll_create1 takes no pointers; the result is checked before use.
+        let raw = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        let epfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: WAKE_TOKEN,
+        };
+        // SAFETY: `ev` is a live epoll_event that the kernel copies; both fds are ours.
+        cvt(unsafe { libc::epoll_ctl(raw, libc::EPOLL_CTL_ADD, self.wake.fd(), &mut ev) })?;
+        let mut failed = std::mem::take(&mut self.scratch_fds);
+        failed.clear();
+        for (fd, events) in self.fds.registered() {
+            let mut ev = libc::epoll_event {
+                events,
+                u64: fd as u64,
+            };
+            // SAFETY: `ev` is a live epoll_event that the kernel copies.
+            if unsafe { libc::epoll_ctl(raw, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+                failed.push(fd);
+            }
+        }
+        for &fd in &failed {
+            self.fds.set_unregistered(fd);
+            self.fds.mark_dirty(fd);
+        }
+        failed.clear();
+        self.scratch_fds = failed;
+        // A wake-up that raced with the swap is not lost: the eventfd stays readable, and a
+        // level-triggered ADD reports a readable fd at once.
+        self.epfd = epfd;
+        Ok(())
     }
 
     /// Which driver runs, and why.
@@ -298,6 +343,11 @@ impl Epoll {
                 } else {
                     self.on_event(token as RawFd, revents);
                 }
+            }
+            if self.rebuild {
+                self.rebuild = false;
+                // On failure (EMFILE) the old set stays; the stale event will ask again.
+                let _ = self.rebuild_set();
             }
             self.collect_pool();
             let progressed = !self.ready.is_empty();
@@ -558,7 +608,9 @@ impl Epoll {
         };
         let Some(class) = entry.class.filter(|_| !entry.waiters.is_empty()) else {
             // Only a caller who closed a registered fd behind our back gets here (I3).
-            self.fds.drop_stale(self.epfd.as_raw_fd(), fd);
+            if self.fds.drop_stale(self.epfd.as_raw_fd(), fd) {
+                self.rebuild = true;
+            }
             return;
         };
         let mut waiters = mem::take(&mut entry.waiters);

@@ -65,8 +65,9 @@
 //!
 //! Cancellation is a request. An operation still in the backlog ends at once with `-ECANCELED`
 //! (reported by the next `wait`, which then does not block). One in the kernel gets an
-//! `ASYNC_CANCEL` for its `user_data` (or one `ASYNC_CANCEL` with `FD | ALL` for
-//! [`Uring::cancel_fd`] where the kernel has it), and is marked so that it is never retried nor
+//! `ASYNC_CANCEL` for its `user_data` ([`Uring::cancel_fd`] too sends one per operation: a cancel
+//! by fd number would match nothing once the number is closed, or another file's operations
+//! once it is reused), and is marked so that it is never retried nor
 //! re-armed. Its own final CQE decides the result: `-ECANCELED`, or the real result when the
 //! operation won the race (data read, a connection accepted: the caller must adopt or close
 //! it). An operation waiting in its internal poll ends with `-ECANCELED`. A cancel CQE
@@ -104,7 +105,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::types::{Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring};
 
 use crate::waker::WakeFd;
@@ -130,15 +131,12 @@ const SHUTDOWN_RECANCEL_TICKS: u32 = 10;
 enum Cancel {
     /// The request whose `user_data` is this.
     Op(u64),
-    /// Every request on this fd (`ASYNC_CANCEL` with `FD | ALL`).
-    Fd(RawFd),
 }
 
 impl Cancel {
     fn sqe(self) -> squeue::Entry {
         let entry = match self {
             Cancel::Op(ud) => opcode::AsyncCancel::new(ud).build(),
-            Cancel::Fd(fd) => opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all()).build(),
         };
         entry.user_data(CANCEL_UD)
     }
@@ -331,23 +329,11 @@ impl Uring {
                 .filter(|(_, st)| st.op.fd() == Some(fd) && !matches!(st.stage, Stage::Ready(_)))
                 .map(|(id, _)| id),
         );
-        let mut by_fd = false;
+        // One cancel per operation, by its user_data. A cancel by fd number would match
+        // nothing when the number was already closed, or the operations of another file that
+        // reuses it (the kernel resolves the number at cancel time).
         for &id in &ids {
-            let Some(st) = self.ops.get_mut(id) else {
-                continue;
-            };
-            if st.cancelled {
-                continue;
-            }
-            if st.stage == Stage::Kernel && self.features.cancel_fd {
-                st.cancelled = true;
-                by_fd = true;
-            } else {
-                self.cancel(id);
-            }
-        }
-        if by_fd {
-            self.push_cancel(Cancel::Fd(fd));
+            self.cancel(id);
         }
         let n = ids.len();
         self.scratch = ids;

@@ -1562,6 +1562,7 @@ both_backends!(
     pty_64k_master_to_slave,
     pty_master_read_is_eio_after_slave_closes,
     pty_master_write_after_hang_up_ends_without_spinning,
+    cancel_fd_after_the_number_was_closed,
 );
 
 const PTY_LEN: usize = 64 * 1024;
@@ -1656,6 +1657,28 @@ fn pty_master_read_is_eio_after_slave_closes(b: Backend) {
         libc::EIO,
         "pty master read after the slave closed",
     );
+}
+
+/// The number was closed behind the driver's back while a read was in flight (a dup keeps the
+/// file alive): `cancel_fd` must still end that read, whatever the number names now.
+fn cancel_fd_after_the_number_was_closed(b: Backend) {
+    let (r, w) = pipe();
+    let keep = r.try_clone().unwrap();
+    let number = r.as_raw_fd();
+    let mut buf = [0u8; 8];
+    let mut h = b.harness();
+    // SAFETY: `buf` is declared before the harness; the file stays open through `keep`.
+    let t = unsafe { h.push(read_op(number, &mut buf, None)) };
+    h.expect_quiet(t, ms(10), "nothing written yet");
+    drop(r);
+    h.cancel_fd(number);
+    let res = h.run_until_final(t);
+    assert_errno(
+        res,
+        libc::ECANCELED,
+        "a read whose fd number was closed, then cancel_fd",
+    );
+    drop((w, keep));
 }
 
 /// With the slave side gone and the master's buffer full, `write` says EAGAIN while poll reports

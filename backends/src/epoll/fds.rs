@@ -153,13 +153,33 @@ impl FdTable {
     }
 
     /// Removes the registration of `fd` if it has no waiter any more, whatever the table says:
-    /// for events that arrive for an fd nobody waits for.
-    pub(super) fn drop_stale(&mut self, epfd: RawFd, fd: RawFd) {
+    /// for events that arrive for an fd nobody waits for. Returns `true` when it cannot be
+    /// removed: the number was closed while its file stays open elsewhere (a dup, a child), so
+    /// `EPOLL_CTL_DEL` answers `EBADF` and level-triggered epoll would report it forever; the
+    /// caller then rebuilds the epoll set.
+    pub(super) fn drop_stale(&mut self, epfd: RawFd, fd: RawFd) -> bool {
+        let unknown = self.get_mut(fd).is_none_or(|e| e.waiters.is_empty());
+        if !unknown {
+            return false;
+        }
         if let Some(e) = self.get_mut(fd) {
-            if e.waiters.is_empty() {
-                e.registered = None;
-                let _ = ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
-            }
+            e.registered = None;
+        }
+        ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0) == Err(libc::EBADF)
+    }
+
+    /// The fds registered in the epoll set, with their events (to rebuild the set).
+    pub(super) fn registered(&self) -> impl Iterator<Item = (RawFd, u32)> + '_ {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.registered.map(|ev| (i as RawFd, ev)))
+    }
+
+    /// Marks `fd` as not registered (its ADD into a rebuilt set failed).
+    pub(super) fn set_unregistered(&mut self, fd: RawFd) {
+        if let Some(e) = self.get_mut(fd) {
+            e.registered = None;
         }
     }
 

@@ -30,7 +30,9 @@ pub(super) struct Features {
     pub(super) multishot_poll: bool,
     /// `IORING_ACCEPT_MULTISHOT` (5.19); else a one-shot accept re-armed after each connection.
     pub(super) multishot_accept: bool,
-    /// `ASYNC_CANCEL` with `IORING_ASYNC_CANCEL_FD | ALL` (5.19); else one cancel per operation.
+    /// `ASYNC_CANCEL` with `IORING_ASYNC_CANCEL_FD | ALL` (5.19). Reported only: the driver
+    /// cancels per operation (`user_data`), which stays exact when an fd number was closed or
+    /// reused.
     pub(super) cancel_fd: bool,
     /// Tests only: issue reads with `RWF_NOWAIT`, so that an empty pipe answers `-EAGAIN` and
     /// the readiness-then-retry path runs on a kernel that would otherwise just wait.
