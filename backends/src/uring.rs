@@ -20,11 +20,12 @@
 //!   never reused while the kernel may still answer to it (I1, I4). A few values at the very top
 //!   of the `u64` range are reserved (cancel requests, the waker's poll, setup probes): a slab
 //!   index never gets that high.
-//! * **Flow control.** At most `CQ entries − 1` operation requests are in the kernel at once (one
-//!   CQE slot is the waker's); the excess waits in a FIFO backlog in user space and enters the
-//!   ring as completions make room. Cancel requests bypass the limit (they must not wait behind
-//!   the operations they cancel); the kernel's `NODROP` keeps any overflow, and the driver enters
-//!   with `GETEVENTS` on every wait, which flushes it.
+//! * **Flow control.** Operations are not capped by the CQ size: a cap would let operations that
+//!   never complete (idle reads on 10,000 connections, polls) hold every slot and starve the
+//!   operations queued behind them. The kernel's `NODROP` keeps CQEs that do not fit the CQ, the
+//!   driver enters with `GETEVENTS` on every wait, which flushes them, and multishot requests
+//!   that an overflow ended are re-armed. A FIFO backlog in user space holds only what a full SQ
+//!   could not take; it is submitted on the next wait.
 //! * **Multishot.** A multishot poll or accept reports with `more == true`. A CQE without
 //!   `F_MORE` but with a non-negative result (the kernel ended it, e.g. on CQ overflow) is
 //!   reported with `more == true` too and the request is re-armed, unless the operation was
@@ -222,7 +223,9 @@ impl Uring {
             ready: Vec::new(),
             deferred: Vec::new(),
             in_kernel: 0,
-            limit: (cq as usize).saturating_sub(1).max(1),
+            // No cap by CQ size: operations that never complete (idle reads, polls) would hold
+            // the slots and starve everything queued behind them. NODROP keeps overflowed CQEs.
+            limit: usize::MAX,
             classes: Vec::new(),
             wake,
             waker_armed,
@@ -279,6 +282,21 @@ impl Uring {
             }
             _ => 0,
         };
+        let bad_offset = match op {
+            Op::Read { offset, .. }
+            | Op::Write { offset, .. }
+            | Op::Readv { offset, .. }
+            | Op::Writev { offset, .. } => offset.is_some_and(|o| o > i64::MAX as u64),
+            _ => false,
+        };
+        if bad_offset {
+            // pread/pwrite answer EINVAL for a negative offset; io_uring would read u64::MAX
+            // as "the current position".
+            st.stage = Stage::Ready(-libc::EINVAL);
+            let id = self.ops.insert(st);
+            self.ready.push(id);
+            return id;
+        }
         if self.positional_on_a_stream(&op) {
             // pread/pwrite answer ESPIPE here; io_uring would ignore the offset and read the
             // stream, so answer like the syscall (and like the epoll driver) does.

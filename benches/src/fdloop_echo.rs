@@ -5,8 +5,9 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
+use std::time::Duration;
 
-use fdloop::Loop;
+use fdloop::{Loop, Timer};
 
 use crate::set_nodelay;
 
@@ -26,7 +27,17 @@ pub fn accept_callbacks(
                 accepted.set(accepted.get() + 1);
                 recv_next(lp, Rc::new(fd), vec![0; buf_size]);
             }
-            Err(e) => eprintln!("accept: {e}"),
+            Err(e) => {
+                // Out of fds (EMFILE) and the like: back off instead of spinning.
+                eprintln!("accept: {e}");
+                let mut again = Some((l2, accepted));
+                lp.start_timer(Timer::after(Duration::from_millis(10)), move |lp, _| {
+                    if let Some((l, a)) = again.take() {
+                        accept_callbacks(lp, l, buf_size, a);
+                    }
+                });
+                return;
+            }
         }
         accept_callbacks(lp, l2, buf_size, accepted);
     });

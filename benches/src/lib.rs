@@ -23,11 +23,11 @@ pub struct Args {
 impl Args {
     /// Parses `std::env::args()`; a bare `--flag` gets the value `"true"`.
     pub fn parse() -> Args {
-        Args::from_iter(std::env::args().skip(1))
+        Args::from_args(std::env::args().skip(1))
     }
 
     /// Parses the given arguments.
-    pub fn from_iter(it: impl IntoIterator<Item = String>) -> Args {
+    pub fn from_args(it: impl IntoIterator<Item = String>) -> Args {
         let mut pairs = Vec::new();
         let mut it = it.into_iter().peekable();
         while let Some(a) = it.next() {
@@ -182,5 +182,173 @@ pub fn set_nodelay(fd: std::os::fd::RawFd) {
             (&one as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
+    }
+}
+
+/// Idle client connections held by `holdconns` child processes (so that the client ends do not
+/// count against the server process's fd limit), driven from a thread of their own.
+pub mod clients {
+    use std::io::{self, BufRead, BufReader, Write};
+    use std::net::SocketAddr;
+    use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+    use std::sync::mpsc::{self, Receiver, Sender};
+
+    struct Holder {
+        child: Child,
+        stdin: ChildStdin,
+        stdout: BufReader<ChildStdout>,
+        conns: usize,
+    }
+
+    /// The manager's side of the conversation, for the loop thread.
+    pub struct Clients {
+        /// Receives the number of connections once every child has connected.
+        pub connected: Receiver<usize>,
+        /// Send the connection indices to probe; the manager answers on `probed`, then calls
+        /// the `stop` closure it was given.
+        pub probe: Sender<Vec<usize>>,
+        /// Per probed connection: the echo's round-trip time in ms, or `None` after 2 s.
+        pub probed: Receiver<Vec<Option<f64>>>,
+    }
+
+    fn line(h: &mut Holder) -> io::Result<String> {
+        let mut s = String::new();
+        h.stdout.read_line(&mut s)?;
+        Ok(s.trim().to_string())
+    }
+
+    /// Starts `total` client connections to `addrs` (round-robin), `per_child` per `holdconns`
+    /// process, from a manager thread. `stop` is called after the probes (to end the loop's
+    /// `run_for`).
+    pub fn start(
+        addrs: Vec<SocketAddr>,
+        total: usize,
+        per_child: usize,
+        stop: impl FnOnce() + Send + 'static,
+    ) -> io::Result<Clients> {
+        let exe = std::env::current_exe()?.with_file_name("holdconns");
+        let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        let mut holders = Vec::new();
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(per_child.max(1));
+            left -= n;
+            let mut child = Command::new(&exe)
+                .arg("--addrs")
+                .arg(list.join(","))
+                .arg("--conns")
+                .arg(n.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", exe.display())))?;
+            let stdin = child.stdin.take().expect("piped");
+            let stdout = BufReader::new(child.stdout.take().expect("piped"));
+            holders.push(Holder {
+                child,
+                stdin,
+                stdout,
+                conns: n,
+            });
+        }
+        let (connected_tx, connected) = mpsc::channel();
+        let (probe, probe_rx) = mpsc::channel::<Vec<usize>>();
+        let (probed_tx, probed) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            for h in &mut holders {
+                let l = line(h).unwrap_or_default();
+                let got: usize = l
+                    .strip_prefix("READY ")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if got < h.conns {
+                    eprintln!("holdconns connected {got} of {}", h.conns);
+                }
+                h.conns = got;
+                n += got;
+            }
+            let _ = connected_tx.send(n);
+            let Ok(indices) = probe_rx.recv() else {
+                return;
+            };
+            let mut answers = Vec::new();
+            for i in indices {
+                let mut base = 0;
+                let mut answer = None;
+                for h in &mut holders {
+                    if i < base + h.conns {
+                        let ok = writeln!(h.stdin, "probe {}", i - base).is_ok()
+                            && h.stdin.flush().is_ok();
+                        let l = if ok {
+                            line(h).unwrap_or_default()
+                        } else {
+                            String::new()
+                        };
+                        answer = l.strip_prefix("ok ").and_then(|v| v.parse().ok());
+                        break;
+                    }
+                    base += h.conns;
+                }
+                answers.push(answer);
+            }
+            let _ = probed_tx.send(answers);
+            stop();
+            for h in &mut holders {
+                let _ = writeln!(h.stdin, "quit");
+                let _ = h.stdin.flush();
+                let _ = h.child.wait();
+            }
+        });
+        Ok(Clients {
+            connected,
+            probe,
+            probed,
+        })
+    }
+
+    /// `count` indices spread over `0..n`: the first, the last and evenly between.
+    pub fn spread(n: usize, count: usize) -> Vec<usize> {
+        let count = count.min(n);
+        (0..count)
+            .map(|k| {
+                if count <= 1 {
+                    0
+                } else {
+                    k * (n - 1) / (count - 1)
+                }
+            })
+            .collect()
+    }
+}
+
+/// Runs `lp` until the clients report how many connections they opened and the loop has
+/// accepted that many. Returns that number, and `true` when accepting stalled instead (no new
+/// connection for 10 s: the clients are then stuck in `connect`).
+pub fn wait_accepted(
+    lp: &fdloop::Loop,
+    connected: &std::sync::mpsc::Receiver<usize>,
+    accepted: &std::cell::Cell<usize>,
+) -> io::Result<(usize, bool)> {
+    use std::time::{Duration, Instant};
+    let mut seen = accepted.get();
+    let mut progress = Instant::now();
+    let mut total = None;
+    loop {
+        lp.run_for(Duration::from_millis(20))?;
+        if total.is_none() {
+            total = connected.try_recv().ok();
+        }
+        if let Some(n) = total {
+            if accepted.get() >= n {
+                return Ok((n, false));
+            }
+        }
+        if accepted.get() != seen {
+            seen = accepted.get();
+            progress = Instant::now();
+        } else if progress.elapsed() > Duration::from_secs(10) {
+            return Ok((total.unwrap_or(seen), true));
+        }
     }
 }

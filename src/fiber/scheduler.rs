@@ -22,6 +22,9 @@ type Co = Coroutine<(), (), (), GuardedStack>;
 /// Stacks kept for reuse (each is two mappings: the stack and its guard page).
 const POOLED_STACKS: usize = 1024;
 
+/// The largest fiber stack accepted (1 GiB of address space).
+const MAX_STACK_SIZE: usize = 1 << 30;
+
 /// The default fiber stack size.
 pub(crate) const DEFAULT_STACK_SIZE: usize = 64 * 1024;
 
@@ -66,6 +69,14 @@ impl Fibers {
     }
 
     fn take_stack(&mut self, size: usize) -> io::Result<GuardedStack> {
+        if size > MAX_STACK_SIZE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a fiber stack of {size} bytes is too large (at most {MAX_STACK_SIZE} bytes)"
+                ),
+            ));
+        }
         if size == self.stack_size {
             if let Some(s) = self.stacks.pop() {
                 return Ok(s);
@@ -317,11 +328,12 @@ pub(crate) unsafe fn fiber_io_adopting(
     // SAFETY: forwarded from this function's contract; the guard below waits for the final
     // completion on every path out of this function (I2, I3).
     let key = unsafe { lp.push_op(op, OpKind::Fiber(cur.fiber)) };
-    let guard = InFlight {
+    let mut guard = InFlight {
         inner: lp.inner.clone(),
         key,
         fiber: cur.fiber,
         orphan,
+        armed: true,
     };
     let timer = timeout.map(|t| {
         let deadline = lp.now_ns().saturating_add(dur_ns(t));
@@ -330,7 +342,10 @@ pub(crate) unsafe fn fiber_io_adopting(
     while guard.inner.ops.borrow().get(key).is_some() {
         suspend();
     }
-    std::mem::forget(guard);
+    // Completed: disarm the guard (dropping it releases its `Rc<Inner>`; forgetting it would
+    // leak the loop).
+    guard.armed = false;
+    drop(guard);
     // Re-read the loop: the fiber may have been resumed by a `run` on a moved `Loop`.
     let cur = current_or_panic("fdloop fiber I/O");
     // SAFETY: as above, valid while the fiber runs.
@@ -365,10 +380,15 @@ struct InFlight<'a> {
     key: OpId,
     fiber: OpId,
     orphan: Option<&'a dyn Fn(i32)>,
+    /// Still in flight: dropping cancels and waits.
+    armed: bool,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let result = self.inner.cancel_and_wait(self.key).or_else(|| {
             // Completed before the unwind: the result was delivered to the fiber's slot.
             let fibers = self.inner.fibers.borrow();

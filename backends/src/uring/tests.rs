@@ -218,7 +218,6 @@ fn ten_thousand_nops_through_a_tiny_cq() {
     for i in 0..N {
         // SAFETY: a Nop references nothing.
         unsafe { u.push(Op::Nop, i) };
-        assert!(u.in_kernel <= u.limit && u.limit < 8);
     }
     assert_eq!(u.in_flight(), N as usize);
     let mut seen = vec![0u32; N as usize];
@@ -613,7 +612,7 @@ fn cancel_fd_cancels_everything_on_the_fd(by_fd: bool) {
     u.features.cancel_fd &= by_fd;
     let (r, _w) = pipe(0);
     let (other, other_w) = pipe(0);
-    // More reads than the ring takes at once: some wait in the backlog.
+    // More reads than the CQ holds: the kernel keeps the overflow (NODROP).
     let mut bufs = [[0u8; 4]; 12];
     let mut other_buf = [0u8; 4];
     for (i, b) in bufs.iter_mut().enumerate() {
@@ -632,7 +631,6 @@ fn cancel_fd_cancels_everything_on_the_fd(by_fd: bool) {
     }
     let mut out = Vec::new();
     settle(&mut u, &mut out);
-    assert!(!u.backlog.is_empty());
     assert_eq!(u.cancel_fd(r.as_raw_fd()), 12);
     // An operation on another fd is untouched and still completes.
     // SAFETY: as above.

@@ -6,8 +6,8 @@
 //!      [--secs 10] [--cq-entries N] [--probes 8]
 //! ```
 //!
-//! A client thread opens the connections (plain blocking sockets, never written to during the
-//! window); the loop thread accepts them and parks one read per connection (a fiber in
+//! `holdconns` child processes open the connections (plain blocking sockets, never written to
+//! during the window); the loop thread accepts them and parks one read per connection (a fiber in
 //! `read`, or a `Loop::recv`), and starts the timers with deadlines 1000–3600 s away. Then
 //! the window: `Loop::run_for(secs)`. The loop thread's context switches
 //! (`/proc/thread-self/status`: each blocking wait that sleeps is one voluntary switch) and its
@@ -20,15 +20,12 @@
 //! connection must still be served when it wakes up.
 
 use std::cell::Cell;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::rc::Rc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use fdloop::{BackendKind, Loop, Timer};
 use fdloop_bench::fdloop_echo::{accept_callbacks, accept_fibers};
-use fdloop_bench::{backend_arg, proc_status, Args};
+use fdloop_bench::{backend_arg, clients, proc_status, wait_accepted, Args};
 
 fn thread_cpu_ns() -> u64 {
     // SAFETY: `ts` is a plain struct that lives across the call.
@@ -54,7 +51,7 @@ fn main() -> std::io::Result<()> {
     let secs: f64 = args.get("secs", 10.0);
     let probes: usize = args.get("probes", 8);
     let style: String = args.get("style", "fiber".to_string());
-    fdloop_bench::raise_nofile(2 * conns as u64 + 256)?;
+    fdloop_bench::raise_nofile(conns as u64 + 256)?;
 
     let mut builder = Loop::builder().backend(backend_arg(&args));
     if let Some(cq) = args.get_str("cq-entries") {
@@ -82,33 +79,15 @@ fn main() -> std::io::Result<()> {
         }
     }
 
-    // The clients, on their own thread; they come back when all are connected.
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut v = Vec::with_capacity(conns);
-        for _ in 0..conns {
-            match TcpStream::connect(addr) {
-                Ok(s) => v.push(s),
-                Err(e) => {
-                    eprintln!("connect: {e}");
-                    break;
-                }
-            }
-        }
-        let _ = tx.send(v);
-    });
-    let setup = Instant::now();
-    let clients: Vec<TcpStream> = loop {
-        lp.run_for(Duration::from_millis(20))?;
-        if let Ok(v) = rx.try_recv() {
-            // Let the loop accept the last ones.
-            while accepted.get() < v.len() && setup.elapsed() < Duration::from_secs(60) {
-                lp.run_for(Duration::from_millis(20))?;
-            }
-            break v;
-        }
-    };
-    if accepted.get() < conns {
+    // The clients, in `holdconns` child processes.
+    let handle = lp.handle();
+    let clients = clients::start(vec![addr], conns, 15_000, move || {
+        let _ = handle.stop();
+    })?;
+    // Wait until every client is connected and accepted; give up when accepting stalls for
+    // 10 s (the clients then stay blocked in connect, and the probes are skipped).
+    let (n, stalled) = wait_accepted(&lp, &clients.connected, &accepted)?;
+    if accepted.get() < n || stalled {
         eprintln!("only {} of {conns} connections accepted", accepted.get());
     }
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -133,37 +112,18 @@ fn main() -> std::io::Result<()> {
     println!("DONE");
 
     // Probes: one byte on connections spread over the range, echoed within 2 s?
-    let idx: Vec<usize> = (0..probes.min(clients.len()))
-        .map(|k| {
-            if probes <= 1 {
-                0
-            } else {
-                k * (clients.len() - 1) / (probes - 1)
-            }
-        })
-        .collect();
-    let probe_clients: Vec<TcpStream> = idx
-        .iter()
-        .map(|&i| clients[i].try_clone())
-        .collect::<Result<_, _>>()?;
-    let handle = lp.handle();
-    let prober = std::thread::spawn(move || {
-        let mut answered = Vec::new();
-        for mut c in probe_clients {
-            let t = Instant::now();
-            let ok = c.set_read_timeout(Some(Duration::from_secs(2))).is_ok()
-                && c.write_all(b"x").is_ok()
-                && {
-                    let mut b = [0u8; 1];
-                    c.read_exact(&mut b).is_ok()
-                };
-            answered.push(ok.then(|| t.elapsed().as_secs_f64() * 1e3));
-        }
-        let _ = handle.stop();
-        answered
-    });
-    lp.run_for(Duration::from_secs(2 * probes as u64 + 5))?;
-    let answered = prober.join().unwrap_or_default();
+    let idx = if stalled {
+        Vec::new()
+    } else {
+        clients::spread(n, probes)
+    };
+    let answered = if stalled {
+        Vec::new()
+    } else {
+        clients.probe.send(idx.clone()).expect("client manager");
+        lp.run_for(Duration::from_secs(2 * probes as u64 + 10))?;
+        clients.probed.recv().unwrap_or_default()
+    };
     let ok = answered.iter().filter(|a| a.is_some()).count();
     let probe_list: Vec<String> = idx
         .iter()
@@ -176,7 +136,7 @@ fn main() -> std::io::Result<()> {
     println!(
         "{{\"bench\":\"idle\",\"backend\":\"{}\",\"style\":\"{style}\",\"conns\":{},\"timers\":{timers},\
          \"secs\":{wall:.3},\"voluntary_switches\":{},\"involuntary_switches\":{},\
-         \"loop_cpu_ms\":{:.3},\"probes_answered\":{ok},\"probes\":[{}]}}",
+         \"loop_cpu_ms\":{:.3},\"accept_stalled\":{stalled},\"probes_answered\":{ok},\"probes\":[{}]}}",
         lp.backend().kind.short_name(),
         accepted.get(),
         v1 - v0,

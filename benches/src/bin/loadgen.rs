@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use fdloop_bench::{Args, process_cpu_us};
+use fdloop_bench::{process_cpu_us, Args};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
@@ -132,7 +132,8 @@ impl Gen {
                     if self.measuring {
                         self.round_trips += 1;
                         let ns = now.duration_since(sent_at).as_nanos();
-                        self.latencies_ns.push(u32::try_from(ns).unwrap_or(u32::MAX));
+                        self.latencies_ns
+                            .push(u32::try_from(ns).unwrap_or(u32::MAX));
                     }
                 }
             }

@@ -7,26 +7,23 @@
 //! ```
 //!
 //! Each fiber stack is two memory mappings (stack + guard page), so 100,000 fibers need
-//! `vm.max_map_count` above 200,000 (the default is 65,530); the process also needs about
-//! 2 × N fds (client and server ends live in this process), so it raises `RLIMIT_NOFILE`
-//! (root can raise the hard limit up to `fs.nr_open`). The clients connect from a second
-//! thread to five listeners (one port cannot take 100,000 connections from one address:
+//! `vm.max_map_count` above 200,000 (the default is 65,530), and N fds: the process raises
+//! `RLIMIT_NOFILE` up to its hard limit (raising the hard limit itself needs
+//! `CAP_SYS_RESOURCE`). The clients are `holdconns` child processes (15,000 connections each)
+//! connecting to five listeners (one port cannot take 100,000 connections from one address:
 //! the ephemeral port range is about 28,000 ports per destination).
 //!
-//! The resident memory of the client sockets is kernel memory, not counted in `VmRSS`; the
-//! client thread's own memory is a `Vec` of sockets (a few hundred KiB). After the
-//! measurement, a few connections each send one byte and wait up to 2 s for the echo.
+//! Only this process's memory is counted (`VmRSS`); socket buffers are kernel memory. After
+//! the measurement, a few connections each send one byte and wait up to 2 s for the echo.
 
 use std::cell::Cell;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use fdloop::Loop;
 use fdloop_bench::fdloop_echo::accept_fibers;
-use fdloop_bench::{backend_arg, proc_status, Args};
+use fdloop_bench::{backend_arg, clients, proc_status, wait_accepted, Args};
 
 const LISTENERS: usize = 5;
 
@@ -53,9 +50,12 @@ fn main() -> std::io::Result<()> {
         );
         std::process::exit(2);
     }
-    let nofile = fdloop_bench::raise_nofile(2 * conns as u64 + 1024)?;
-    if nofile < 2 * conns as u64 + 64 {
-        eprintln!("RLIMIT_NOFILE is {nofile}: too low for {conns} connections (run as root, or raise `ulimit -n`)");
+    let nofile = fdloop_bench::raise_nofile(conns as u64 + 1024)?;
+    if nofile < conns as u64 + 64 {
+        eprintln!(
+            "RLIMIT_NOFILE is {nofile}: too low for {conns} connections (raise the hard limit: \
+             `ulimit -Hn`, which needs CAP_SYS_RESOURCE; or use fewer --conns)"
+        );
         std::process::exit(2);
     }
 
@@ -80,31 +80,12 @@ fn main() -> std::io::Result<()> {
         };
     }
 
-    let (tx, rx) = mpsc::channel();
+    let handle = lp.handle();
+    let clients = clients::start(addrs, conns, 15_000, move || {
+        let _ = handle.stop();
+    })?;
     let t_connect = Instant::now();
-    std::thread::spawn(move || {
-        let mut v = Vec::with_capacity(conns);
-        for i in 0..conns {
-            match TcpStream::connect(addrs[i % LISTENERS]) {
-                Ok(s) => v.push(s),
-                Err(e) => {
-                    eprintln!("connect {i}: {e}");
-                    break;
-                }
-            }
-        }
-        let _ = tx.send(v);
-    });
-    let clients: Vec<TcpStream> = loop {
-        lp.run_for(Duration::from_millis(50))?;
-        if let Ok(v) = rx.try_recv() {
-            let t = Instant::now();
-            while accepted.get() < v.len() && t.elapsed() < Duration::from_secs(60) {
-                lp.run_for(Duration::from_millis(50))?;
-            }
-            break v;
-        }
-    };
+    let (total, stalled) = wait_accepted(&lp, &clients.connected, &accepted)?;
     let connect_s = t_connect.elapsed().as_secs_f64();
     // Settle: every fiber parked in its read.
     lp.run_for(Duration::from_millis(500))?;
@@ -112,34 +93,24 @@ fn main() -> std::io::Result<()> {
     let hwm = proc_status("/proc/self/status", "VmHWM").unwrap_or(0);
     let n = accepted.get();
 
-    let idx: Vec<usize> = (0..probes.min(clients.len()))
-        .map(|k| {
-            if probes <= 1 {
-                0
-            } else {
-                k * (clients.len() - 1) / (probes - 1)
-            }
-        })
-        .collect();
-    let probe_clients: Vec<TcpStream> = idx
-        .iter()
-        .map(|&i| clients[i].try_clone())
-        .collect::<Result<_, _>>()?;
-    let handle = lp.handle();
-    let prober = std::thread::spawn(move || {
-        let mut ok = 0;
-        for mut c in probe_clients {
-            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut b = [0u8; 1];
-            if c.write_all(b"x").is_ok() && c.read_exact(&mut b).is_ok() {
-                ok += 1;
-            }
-        }
-        let _ = handle.stop();
-        ok
-    });
-    lp.run_for(Duration::from_secs(2 * probes as u64 + 5))?;
-    let answered = prober.join().unwrap_or(0);
+    let idx = if stalled {
+        Vec::new()
+    } else {
+        clients::spread(total, probes)
+    };
+    let answered = if stalled {
+        0
+    } else {
+        clients.probe.send(idx.clone()).expect("client manager");
+        lp.run_for(Duration::from_secs(2 * probes as u64 + 10))?;
+        clients
+            .probed
+            .recv()
+            .unwrap_or_default()
+            .iter()
+            .filter(|a| a.is_some())
+            .count()
+    };
 
     let per_conn = if n > 0 {
         (rss_end.saturating_sub(rss_start)) as f64 * 1024.0 / n as f64
@@ -150,7 +121,7 @@ fn main() -> std::io::Result<()> {
         "{{\"bench\":\"memory\",\"backend\":\"{}\",\"conns\":{n},\"stack\":{stack},\"buf\":{buf},\
          \"rss_start_kib\":{rss_start},\"rss_kib\":{rss_end},\"hwm_kib\":{hwm},\
          \"bytes_per_conn\":{per_conn:.0},\"connect_s\":{connect_s:.2},\
-         \"probes\":{},\"probes_answered\":{answered}}}",
+         \"accept_stalled\":{stalled},\"probes\":{},\"probes_answered\":{answered}}}",
         lp.backend().kind.short_name(),
         idx.len(),
     );
