@@ -10,8 +10,7 @@ micro: runs `cargo bench -p fdloop-bench` (timers, fibers, post, files) and coll
 criterion's estimates (median time per element, with its confidence interval) into
 DIR/micro.json. Set FDLOOP_BENCH_FILE_MB / FDLOOP_BENCH_DIR for the file benchmarks.
 
-idle: runs the `idle` binary on both backends in both styles (on io_uring, once with the
-default ring and once with `--cq-entries 32768`). Besides what the binary reports (context
+idle: runs the `idle` binary on both backends in both styles. Besides what the binary reports (context
 switches and CPU time of the loop thread over the window), the process's syscalls over the
 window are counted from outside with perf (or strace). Results: DIR/idle.jsonl.
 
@@ -95,13 +94,11 @@ def run_marked(cmd, method, timeout):
 
 def idle(args, out, method):
     path = os.path.join(out, "idle.jsonl")
-    configs = [("uring", s, None) for s in ("fiber", "callback")]
-    configs += [("uring", s, 32768) for s in ("fiber", "callback")]
-    configs += [("epoll", s, None) for s in ("fiber", "callback")]
+    configs = [(b, s, args.cq_entries) for b in ("uring", "epoll") for s in ("fiber", "callback")]
     for backend, style, cq in configs:
         cmd = [bl.bin_path("idle"), "--backend", backend, "--style", style, "--conns", str(args.conns),
                "--timers", str(args.timers), "--secs", str(args.secs)]
-        if cq:
+        if cq and backend == "uring":
             cmd += ["--cq-entries", str(cq)]
         res, counts = run_marked(cmd, method, args.secs + 180)
         rec = {"bench": "idle", "backend": backend, "style": style, "cq_entries": cq or "default",
@@ -129,8 +126,8 @@ def memory(args, out):
             sys.exit(f"vm.max_map_count is {maps}; run `sysctl -w vm.max_map_count={want}` as root")
     for backend in ("uring", "epoll"):
         cmd = [bl.bin_path("memory"), "--backend", backend, "--conns", str(conns)]
-        if backend == "uring":
-            cmd += ["--cq-entries", "65536"]
+        if args.cq_entries and backend == "uring":
+            cmd += ["--cq-entries", str(args.cq_entries)]
         res, _ = run_marked(cmd, None, 900)
         rec = {"bench": "memory", "backend": backend, "requested_conns": args.conns,
                "nofile_hard": hard, "note": note, "result": res}
@@ -148,6 +145,8 @@ def main():
     ap.add_argument("--conns", type=int, default=None)
     ap.add_argument("--timers", type=int, default=10000)
     ap.add_argument("--secs", type=float, default=10)
+    ap.add_argument("--cq-entries", type=int, default=None,
+                    help="io_uring completion-queue size for idle/memory (default: the loop's)")
     ap.add_argument("--syscalls", choices=["perf", "strace", "off"], default=None)
     args = ap.parse_args()
     bl.ensure_tools()

@@ -127,6 +127,9 @@ struct Entry {
 pub(crate) struct Timers {
     wheel: TimerWheel<OpId>,
     entries: OpSlab<Entry>,
+    /// While the timer phase runs, the `now` it fires up to: timers armed meanwhile get a
+    /// deadline after it, so that they fire in the next iteration and the phase stays bounded.
+    firing_until: Option<u64>,
 }
 
 impl Timers {
@@ -134,6 +137,7 @@ impl Timers {
         Timers {
             wheel: TimerWheel::new(0),
             entries: OpSlab::new(),
+            firing_until: None,
         }
     }
 
@@ -209,6 +213,7 @@ impl Loop {
 
     /// Starts an internal one-shot timer at `deadline_ns` (loop clock) that runs `action`.
     pub(crate) fn start_internal_timer(&self, deadline_ns: u64, action: Action) -> TimerId {
+        let deadline_ns = self.bounded(deadline_ns);
         let mut timers = self.inner.timers.borrow_mut();
         let key = timers.entries.insert(Entry {
             wheel_key: None,
@@ -282,9 +287,19 @@ impl Loop {
     }
 
     fn first_deadline(&self, timer: &Timer) -> u64 {
-        match timer.first {
+        let deadline = match timer.first {
             First::After(d) => self.now_ns().saturating_add(dur_ns(d)),
             First::At(t) => self.instant_to_ns(t),
+        };
+        self.bounded(deadline)
+    }
+
+    /// A deadline armed during the timer phase is moved past the phase's `now` (later, never
+    /// earlier), so that the phase cannot fire it again and stays bounded.
+    fn bounded(&self, deadline: u64) -> u64 {
+        match self.inner.timers.borrow().firing_until {
+            Some(until) => deadline.max(until.saturating_add(1)),
+            None => deadline,
         }
     }
 
@@ -298,6 +313,14 @@ impl Loop {
     /// runs wait for the next iteration, so the phase is bounded.
     pub(crate) fn fire_timers(&self) {
         let now = self.now_ns();
+        self.inner.timers.borrow_mut().firing_until = Some(now);
+        struct EndPhase<'a>(&'a Loop);
+        impl Drop for EndPhase<'_> {
+            fn drop(&mut self) {
+                self.0.inner.timers.borrow_mut().firing_until = None;
+            }
+        }
+        let _end = EndPhase(self);
         loop {
             let (key, deadline, callback) = {
                 let mut timers = self.inner.timers.borrow_mut();
@@ -331,7 +354,7 @@ impl Loop {
             };
             let dropped = {
                 let mut timers = self.inner.timers.borrow_mut();
-                let Timers { wheel, entries } = &mut *timers;
+                let Timers { wheel, entries, .. } = &mut *timers;
                 match entries.get_mut(key) {
                     None => Some(callback),
                     Some(_) if !ok => {

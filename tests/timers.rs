@@ -156,3 +156,24 @@ backend_tests! {
 fn zero_period_is_a_programming_error() {
     let _ = Timer::every(Duration::ZERO);
 }
+
+backend_tests! {
+    fn a_timer_rearmed_in_the_past_waits_for_the_next_iteration(lp: &Loop) {
+        // Re-arming at an instant already past from inside the callback must not fire again in
+        // the same timer phase (the phase is bounded): one fire per iteration.
+        let count = Rc::new(std::cell::Cell::new(0u32));
+        let c = count.clone();
+        lp.start_timer(Timer::at(Instant::now()), move |lp, id| {
+            c.set(c.get() + 1);
+            if c.get() < 1000 {
+                lp.restart_timer(id, Timer::at(Instant::now() - Duration::from_millis(1)))
+                    .unwrap();
+            }
+        });
+        std::thread::sleep(Duration::from_millis(1));
+        lp.run_once().unwrap();
+        assert_eq!(count.get(), 1, "one fire per timer phase");
+        lp.run().unwrap();
+        assert_eq!(count.get(), 1000);
+    }
+}
