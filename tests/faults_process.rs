@@ -201,7 +201,8 @@ fn emfile_parent(choice: BackendChoice, style: &str) {
         .map(|i| {
             let mut c = StdStream::connect(("127.0.0.1", port)).unwrap();
             c.set_read_timeout(Some(LIMIT)).unwrap();
-            writeln!(c, "client {i}").unwrap();
+            // One write: `writeln!` on an unbuffered stream would send the line in pieces.
+            c.write_all(format!("client {i}\n").as_bytes()).unwrap();
             c
         })
         .collect();
@@ -327,6 +328,24 @@ fn emfile_child(role: &str) {
     );
 }
 
+/// Reads from `conn` until a whole line has arrived, then sends `reply` + the line back.
+fn echo_line(lp: &Loop, conn: Rc<OwnedFd>, mut reply: Vec<u8>, served: Rc<Cell<usize>>) {
+    let c = conn.clone();
+    lp.recv(&*conn, vec![0; 64], move |lp, res, buf| {
+        let n = res.unwrap();
+        assert!(n > 0, "the client closed before sending a whole line");
+        reply.extend_from_slice(&buf[..n]);
+        if !reply.ends_with(b"\n") {
+            return echo_line(lp, c, reply, served);
+        }
+        lp.send(&*c.clone(), reply, move |_, res, _| {
+            res.unwrap();
+            drop(c);
+            served.set(served.get() + 1);
+        });
+    });
+}
+
 fn serve_callbacks(
     lp: &Loop,
     listener: Rc<StdListener>,
@@ -337,18 +356,7 @@ fn serve_callbacks(
     let l = listener.clone();
     lp.accept(&*listener, move |lp, res| match res {
         Ok((conn, _)) => {
-            let conn = Rc::new(conn);
-            let (c, s) = (conn.clone(), served.clone());
-            lp.recv(&*conn, vec![0; 64], move |lp, res, buf| {
-                let n = res.unwrap();
-                let mut reply = b"echo ".to_vec();
-                reply.extend_from_slice(&buf[..n]);
-                lp.send(&*c.clone(), reply, move |_, res, _| {
-                    res.unwrap();
-                    drop(c);
-                    s.set(s.get() + 1);
-                });
-            });
+            echo_line(lp, Rc::new(conn), b"echo ".to_vec(), served.clone());
             serve_callbacks(lp, l, served, emfile, hogs);
         }
         Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
