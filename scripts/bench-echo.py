@@ -174,33 +174,71 @@ def one_run(server, workload, rnd, args, syscall_method):
     return rec
 
 
+def _by_round(records, w, server, get):
+    """{round: value} of one server in one workload (runs that failed or lack the value left out)."""
+    out = {}
+    for r in records:
+        if r["workload"] == w and r["server"] == server and "load" in r:
+            v = get(r)
+            if v is not None:
+                out[r["round"]] = v
+    return out
+
+
+def _range(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None
+    return {"median": bl.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def client_cpu_us_per_rt(r):
+    """The load generator's CPU time (getrusage over the measured window) per round trip."""
+    load = r["load"]
+    if load.get("client_cpu_s") is None or not load.get("round_trips"):
+        return None
+    return load["client_cpu_s"] * 1e6 / load["round_trips"]
+
+
+def client_cpu_share(r):
+    """The load generator's CPU time over the window ÷ the window: near 1, the client is the
+    bottleneck (it has one CPU)."""
+    load = r["load"]
+    if load.get("client_cpu_s") is None or not load.get("secs"):
+        return None
+    return load["client_cpu_s"] / load["secs"]
+
+
+CELL_MEASURES = {
+    "rt_per_s": lambda r: r.get("rt_per_s"),
+    "p50_us": lambda r: r["load"].get("p50_us"),
+    "p99_us": lambda r: r["load"].get("p99_us"),
+    "p999_us": lambda r: r["load"].get("p999_us"),
+    "cpu_us_per_rt": lambda r: r.get("cpu_us_per_rt"),
+    "sched_us_per_rt": lambda r: r.get("sched_us_per_rt"),
+    "syscalls_per_rt": lambda r: r.get("syscalls_per_rt"),
+    "client_cpu_us_per_rt": client_cpu_us_per_rt,
+    "client_cpu_share": client_cpu_share,
+}
+
+
 def summarize(records, servers, workloads):
-    """Medians and ranges per (workload, server); per-round ratios fdloop ÷ peer."""
-    summary = {"cells": {}, "ratios": {}, "targets": []}
+    """Medians and min–max over the rounds per (workload, server); per-round ratios of each
+    fdloop server to each peer and to the best peer of the round; the targets.
+
+    A ratio is computed per round (runs of one round are adjacent in time, so they share the
+    machine's conditions) and the median, min and max are over the rounds."""
+    fdloops = [s for s in servers if s.startswith("fdloop")]
+    peers = [s for s in servers if not s.startswith("fdloop")]
+    summary = {"cells": {}, "ratios": {}, "vs_best_peer": {}, "targets": [],
+               "errors": [{k: r.get(k) for k in ("workload", "server", "round", "error")}
+                          for r in records if "error" in r]}
     for w in workloads:
         for s in servers:
             rs = [r for r in records if r["workload"] == w and r["server"] == s and "load" in r]
             if not rs:
                 continue
-
-            def stat(key, get):
-                xs = [get(r) for r in rs]
-                xs = [x for x in xs if x is not None]
-                if not xs:
-                    return None
-                return {"median": bl.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
-
-            cell = {
-                "rt_per_s": stat("rt", lambda r: r["rt_per_s"]),
-                "p50_us": stat("p50", lambda r: r["load"]["p50_us"]),
-                "p99_us": stat("p99", lambda r: r["load"]["p99_us"]),
-                "p999_us": stat("p999", lambda r: r["load"]["p999_us"]),
-                "cpu_us_per_rt": stat("cpu", lambda r: r.get("cpu_us_per_rt")),
-                "sched_us_per_rt": stat("sched", lambda r: r.get("sched_us_per_rt")),
-                "syscalls_per_rt": stat("sys", lambda r: r.get("syscalls_per_rt")),
-                "client_cpu_share": stat("client", lambda r: r["load"].get("client_cpu_s", 0)
-                                         / r["load"]["secs"] if r["load"].get("secs") else None),
-            }
+            cell = {key: _range([get(r) for r in rs]) for key, get in CELL_MEASURES.items()}
             names = {}
             for r in rs:
                 sp = r.get("syscall_pass")
@@ -208,116 +246,152 @@ def summarize(records, servers, workloads):
                     for k, v in sp["counts"]["by_name"].items():
                         names.setdefault(k, []).append(v / sp["round_trips"])
             cell["syscalls_by_name_per_rt"] = {k: bl.median(v) for k, v in names.items()}
-            method = next((r["syscall_pass"]["counts"]["method"] for r in rs
-                           if r.get("syscall_pass") and r["syscall_pass"]["counts"]), None)
-            cell["syscall_method"] = method
+            cell["syscall_method"] = next((r["syscall_pass"]["counts"]["method"] for r in rs
+                                           if r.get("syscall_pass") and r["syscall_pass"]["counts"]), None)
             summary["cells"][f"{w}|{s}"] = cell
-        # Per-round ratios fdloop ÷ peer (same round: adjacent in time).
-        for f in [s for s in servers if s.startswith("fdloop")]:
-            for peer in [s for s in servers if not s.startswith("fdloop")]:
-                for key in ("cpu_us_per_rt", "rt_per_s"):
-                    ratios = []
-                    for rnd in sorted({r["round"] for r in records if r["workload"] == w}):
-                        a = next((r.get(key) for r in records if r["workload"] == w and r["server"] == f
-                                  and r["round"] == rnd), None)
-                        b = next((r.get(key) for r in records if r["workload"] == w and r["server"] == peer
-                                  and r["round"] == rnd), None)
-                        if a is not None and b:
-                            ratios.append(a / b)
-                    if ratios:
-                        summary["ratios"][f"{w}|{f}|{peer}|{key}"] = {
-                            "median": bl.median(ratios), "min": min(ratios), "max": max(ratios)}
+        # fdloop ÷ each peer, per round.
+        for f in fdloops:
+            for peer in peers:
+                for key in ("rt_per_s", "cpu_us_per_rt", "syscalls_per_rt"):
+                    a = _by_round(records, w, f, CELL_MEASURES[key])
+                    b = _by_round(records, w, peer, CELL_MEASURES[key])
+                    st = _range([a[k] / b[k] for k in sorted(a) if b.get(k)])
+                    if st:
+                        summary["ratios"][f"{w}|{f}|{peer}|{key}"] = st
+        # fdloop ÷ the best peer of the same round (highest round trips/s; lowest CPU per
+        # round trip).
+        for f in fdloops:
+            for key, pick in (("rt_per_s", max), ("cpu_us_per_rt", min)):
+                mine = _by_round(records, w, f, CELL_MEASURES[key])
+                theirs = {p: _by_round(records, w, p, CELL_MEASURES[key]) for p in peers}
+                ratios, bests = [], []
+                for rnd in sorted(mine):
+                    cand = [(v[rnd], p) for p, v in theirs.items() if v.get(rnd)]
+                    if not cand:
+                        continue
+                    best = pick(cand)
+                    ratios.append(mine[rnd] / best[0])
+                    bests.append(best[1])
+                st = _range(ratios)
+                if st:
+                    st["best_peers"] = sorted(set(bests))
+                    summary["vs_best_peer"][f"{w}|{f}|{key}"] = st
     for desc, w, kind, f, peer, limit in TARGETS:
+        if w not in workloads:
+            continue
         if kind == "syscalls":
             cell = summary["cells"].get(f"{w}|{f}")
-            value = cell["syscalls_per_rt"]["median"] if cell and cell["syscalls_per_rt"] else None
+            st = cell["syscalls_per_rt"] if cell else None
         else:
-            ratio = summary["ratios"].get(f"{w}|{f}|{peer}|cpu_us_per_rt")
-            value = ratio["median"] if ratio else None
-        if value is None:
+            st = summary["ratios"].get(f"{w}|{f}|{peer}|cpu_us_per_rt")
+        if not st:
             continue
         summary["targets"].append({"target": desc, "server": f, "peer": peer, "workload": w,
-                                   "kind": kind, "limit": limit, "value": value,
-                                   "met": value <= limit})
-    # Round trips/s never below 0.95 × the best peer: per round, fdloop's rt/s ÷ the best peer's
-    # rt/s in that same round; the median over the rounds.
+                                   "kind": kind, "limit": limit, "value": st["median"],
+                                   "min": st["min"], "max": st["max"], "met": st["median"] <= limit})
+    # Round trips/s never below 0.95 × the best peer of the same round.
     for w in workloads:
-        peers = [s for s in servers if not s.startswith("fdloop")]
-        rounds = sorted({r["round"] for r in records if r["workload"] == w})
-        for f in [s for s in servers if s.startswith("fdloop")]:
-            ratios, bests = [], []
-            for rnd in rounds:
-                mine = next((r.get("rt_per_s") for r in records if r["workload"] == w
-                             and r["server"] == f and r["round"] == rnd), None)
-                theirs = [(r.get("rt_per_s"), r["server"]) for r in records if r["workload"] == w
-                          and r["server"] in peers and r["round"] == rnd and r.get("rt_per_s")]
-                if mine is None or not theirs:
-                    continue
-                best = max(theirs)
-                ratios.append(mine / best[0])
-                bests.append(best[1])
-            if not ratios:
+        for f in fdloops:
+            st = summary["vs_best_peer"].get(f"{w}|{f}|rt_per_s")
+            if not st:
                 continue
-            value = bl.median(ratios)
             summary["targets"].append({"target": f"rt/s vs best peer of the round, {w}", "server": f,
-                                       "peer": "/".join(sorted(set(bests))), "workload": w, "kind": "rt",
-                                       "limit": 0.95, "value": value, "met": value >= 0.95})
+                                       "peer": "/".join(st["best_peers"]), "workload": w, "kind": "rt",
+                                       "limit": 0.95, "value": st["median"], "min": st["min"],
+                                       "max": st["max"], "met": st["median"] >= 0.95})
     return summary
 
 
-def rng(c, key, digits=3):
-    s = c.get(key)
-    if not s:
+def rng(st, digits=3, scale=1.0, unit=""):
+    """`median (min–max)` of a {median, min, max} entry."""
+    if not st:
         return "–"
-    return f"{bl.fmt(s['median'], digits)} ({bl.fmt(s['min'], digits)}–{bl.fmt(s['max'], digits)})"
+    if st.get("n", 2) == 1 or st["min"] == st["max"]:
+        return f"{bl.fmt(st['median'] * scale, digits)}{unit}"
+    return (f"{bl.fmt(st['median'] * scale, digits)}{unit} "
+            f"({bl.fmt(st['min'] * scale, digits)}–{bl.fmt(st['max'] * scale, digits)})")
+
+
+def syscall_method_of(summary, w, servers, meta):
+    for s in servers:
+        c = summary["cells"].get(f"{w}|{s}")
+        if c and c.get("syscall_method"):
+            return c["syscall_method"]
+    return meta.get("syscall_method") or "not counted"
 
 
 def markdown(summary, servers, workloads, meta):
-    out = []
+    fdloops = [s for s in servers if s.startswith("fdloop")]
+    peers = [s for s in servers if not s.startswith("fdloop")]
+    out = [f"Medians over {meta.get('rounds', '?')} interleaved rounds of {meta.get('secs', '?')} s, "
+           f"(min–max) over the rounds. Ratios are computed per round (fdloop ÷ peer in the same "
+           f"round) and summarized the same way. Machine: {meta.get('nproc', '?')} CPUs "
+           f"{meta.get('cpu', '')} {meta.get('hypervisor', '')}, Linux {meta.get('kernel', '?')}, "
+           f"{meta.get('rustc', '')}, {meta.get('date', '')}; load average at start "
+           f"{' '.join(meta.get('loadavg', []))}.\n"]
+    if summary.get("errors"):
+        out.append("Failed runs (left out): " + "; ".join(
+            f"{e['workload']} round {e['round']} {e['server']}: {(e.get('error') or '')[:120]}"
+            for e in summary["errors"]) + "\n")
     for w in workloads:
-        conns, size, depth = WORKLOADS[w]
+        conns, size, depth = meta["workloads"][w] if w in meta.get("workloads", {}) else WORKLOADS[w]
         kind = "request/response" if depth == 1 else f"pipelined, depth {depth}"
+        method = syscall_method_of(summary, w, servers, meta)
         out.append(f"### {w}: {conns} connection(s) × {size} B, {kind}\n")
-        out.append("| server | round trips/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/rt | syscalls/rt "
-                   "| main syscalls/rt | loadgen CPU share |")
-        out.append("|---|---|---|---|---|---|---|---|---|")
+        out.append(f"| server | round trips/s | server CPU µs/rt | syscalls/rt ({method}) | main syscalls/rt "
+                   "| loadgen CPU µs/rt | loadgen CPU busy |")
+        out.append("|---|---|---|---|---|---|---|")
         for s in servers:
             c = summary["cells"].get(f"{w}|{s}")
             if not c:
                 continue
             top = sorted(c["syscalls_by_name_per_rt"].items(), key=lambda kv: -kv[1])[:3]
             tops = ", ".join(f"{k} {bl.fmt(v)}" for k, v in top if v >= 0.0005) or "–"
-            out.append(f"| {s} | {rng(c, 'rt_per_s')} | {bl.fmt(c['p50_us']['median'])} | "
-                       f"{bl.fmt(c['p99_us']['median'])} | {bl.fmt(c['p999_us']['median'])} | "
-                       f"{rng(c, 'cpu_us_per_rt')} | {rng(c, 'syscalls_per_rt')} | {tops} | "
-                       f"{bl.fmt(100 * c['client_cpu_share']['median']) if c.get('client_cpu_share') else '–'} % |")
+            share = c.get("client_cpu_share")
+            out.append(f"| {s} | {rng(c['rt_per_s'])} | {rng(c['cpu_us_per_rt'])} | "
+                       f"{rng(c['syscalls_per_rt'])} | {tops} | {rng(c.get('client_cpu_us_per_rt'))} | "
+                       f"{bl.fmt(100 * share['median']) + ' %' if share else '–'} |")
         out.append("")
-        fl = [s for s in servers if s.startswith("fdloop")]
-        peers = [s for s in servers if not s.startswith("fdloop")]
-        if fl and peers:
-            out.append(f"CPU per round trip, fdloop ÷ peer (median of per-round ratios, {w}):\n")
-            out.append("| fdloop \\ peer | " + " | ".join(peers) + " |")
-            out.append("|---|" + "---|" * len(peers))
-            for f in fl:
-                row = []
-                for peer in peers:
-                    r = summary["ratios"].get(f"{w}|{f}|{peer}|cpu_us_per_rt")
-                    row.append(bl.fmt(r["median"]) if r else "–")
-                out.append(f"| {f} | " + " | ".join(row) + " |")
-            out.append("")
+        out.append(f"Latency seen by the load generator, µs ({w}):\n")
+        out.append("| server | p50 | p99 | p99.9 |")
+        out.append("|---|---|---|---|")
+        for s in servers:
+            c = summary["cells"].get(f"{w}|{s}")
+            if c:
+                out.append(f"| {s} | {rng(c['p50_us'])} | {rng(c['p99_us'])} | {rng(c['p999_us'])} |")
+        out.append("")
+        if fdloops and peers:
+            for key, what in (("rt_per_s", "Round trips/s, fdloop ÷ peer (higher is better; target ≥ 0.95 × the best peer)"),
+                              ("cpu_us_per_rt", "Server CPU per round trip, fdloop ÷ peer (lower is better)")):
+                out.append(f"{what}, {w}:\n")
+                out.append("| fdloop \\ peer | " + " | ".join(peers) + " | best peer of the round |")
+                out.append("|---|" + "---|" * (len(peers) + 1))
+                for f in fdloops:
+                    row = [rng(summary["ratios"].get(f"{w}|{f}|{peer}|{key}")) for peer in peers]
+                    best = summary["vs_best_peer"].get(f"{w}|{f}|{key}")
+                    row.append(rng(best) + (f" [{'/'.join(best['best_peers'])}]" if best else ""))
+                    out.append(f"| {f} | " + " | ".join(row) + " |")
+                out.append("")
     out.append("### Targets\n")
-    out.append("| target | fdloop server | measured | limit | met |")
+    out.append("| target | fdloop server | measured, median (min–max) | limit | met |")
     out.append("|---|---|---|---|---|")
     for t in summary["targets"]:
         rel = "≥" if t["kind"] == "rt" else "≤"
         unit = "×" if t["kind"] in ("cpu", "rt") else ""
-        out.append(f"| {t['target']} | {t['server']} | {bl.fmt(t['value'])}{unit} | {rel} {t['limit']}{unit} | "
+        out.append(f"| {t['target']} | {t['server']} | {rng({'median': t['value'], 'min': t['min'], 'max': t['max']}, unit=unit)} | {rel} {t['limit']}{unit} | "
                    f"{'yes' if t['met'] else '**no**'} |")
     out.append("")
     return "\n".join(out)
 
 
-def write_summary(out, records, servers, workloads, meta):
+def default_charts_dir(out):
+    """docs/img for the committed results (benches/results/echo), DIR/img for any other run."""
+    if os.path.realpath(out) == os.path.realpath(os.path.join(bl.ROOT, "benches", "results", "echo")):
+        return os.path.join(bl.ROOT, "docs", "img")
+    return os.path.join(out, "img")
+
+
+def write_summary(out, records, servers, workloads, meta, charts_dir=None):
     summary = summarize(records, servers, workloads)
     summary["meta"] = meta
     with open(os.path.join(out, "summary.json"), "w") as f:
@@ -326,14 +400,17 @@ def write_summary(out, records, servers, workloads, meta):
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(md)
     print(md)
+    if charts_dir != "none":
+        import charts  # scripts/charts.py
+        charts.echo_charts(out, charts_dir or default_charts_dir(out))
 
 
-def resummarize(out):
+def resummarize(out, charts_dir=None):
     with open(os.path.join(out, "meta.json")) as f:
         meta = json.load(f)
     with open(os.path.join(out, "raw.jsonl")) as f:
         records = [json.loads(line) for line in f if line.strip()]
-    write_summary(out, records, meta["servers"], list(meta["workloads"]), meta)
+    write_summary(out, records, meta["servers"], list(meta["workloads"]), meta, charts_dir)
 
 
 def main():
@@ -349,12 +426,19 @@ def main():
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
     ap.add_argument("--summarize", metavar="DIR", default=None,
-                    help="only recompute DIR/summary.{json,md} from DIR/raw.jsonl and print it")
+                    help="rerun nothing: recompute DIR/summary.{json,md} and the charts from "
+                         "DIR/raw.jsonl and DIR/meta.json")
+    ap.add_argument("--charts-out", default=None,
+                    help="where the SVG charts go (default: docs/img for benches/results/echo, "
+                         "DIR/img for any other results directory; 'none': no charts)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the results already in --out (by default a run refuses to mix "
+                         "its records with an earlier run's)")
     ap.add_argument("--syscalls", choices=["perf", "strace", "off"], default=None,
                     help="how to count syscalls (default: perf if it works, else strace)")
     args = ap.parse_args()
     if args.summarize:
-        resummarize(args.summarize)
+        resummarize(args.summarize, args.charts_out)
         return
     servers = [s for s in args.servers.split(",") if s]
     workloads = [w for w in args.workloads.split(",") if w]
@@ -373,6 +457,11 @@ def main():
     out = args.out or os.path.join(bl.ROOT, "benches", "results", time.strftime("echo-%Y%m%d-%H%M%S"))
     os.makedirs(out, exist_ok=True)
     raw = os.path.join(out, "raw.jsonl")
+    if os.path.exists(raw) and os.path.getsize(raw):
+        if not args.overwrite:
+            sys.exit(f"{raw} holds an earlier run's records; give --overwrite to replace them "
+                     f"or another --out")
+        os.remove(raw)
     meta = bl.machine_info()
     meta.update({"rounds": args.rounds, "secs": args.secs, "warmup": args.warmup,
                  "syscall_secs": args.syscall_secs, "syscall_method": method,
@@ -400,7 +489,7 @@ def main():
                            f"cpu {bl.fmt(rec.get('cpu_us_per_rt'))} µs/rt  "
                            f"syscalls {bl.fmt(rec.get('syscalls_per_rt'))}/rt  "
                            f"p99 {bl.fmt(rec['load']['p99_us'])} µs  load {' '.join(rec['loadavg'])}")
-    write_summary(out, records, servers, workloads, meta)
+    write_summary(out, records, servers, workloads, meta, args.charts_out)
     print(f"\nraw results: {raw}")
 
 
