@@ -3,27 +3,41 @@
 
     scripts/bench-echo.py [--rounds 3] [--secs 3] [--warmup 0.5] [--syscall-secs 1]
                           [--servers fdloop-cb-uring,tokio,...] [--workloads 64x64,1x64,...]
-                          [--out DIR] [--no-build] [--server-cpu 0] [--client-cpu 1]
+                          [--out DIR] [--overwrite] [--charts-out DIR|none] [--no-build]
+                          [--server-cpu 0] [--client-cpu 1] [--syscalls perf|strace|off]
+    scripts/bench-echo.py --summarize DIR [--charts-out DIR|none]
 
 For each workload, for each round, every server runs once, in the same order (A B C A B C …):
 the server is started pinned to one CPU (`taskset -c 0`) and prints `READY <addr>`; the load
 generator (`loadgen`, pinned to the other CPU) connects, warms up, and prints `GO` and `DONE`
 around the measured window. Two passes per server and round:
 
-1. **main pass** (`--secs`): round trips/s and latency percentiles come from loadgen; the
-   server's CPU time is read from /proc/<pid>/stat (utime + stime, all threads) at `GO` and
-   `DONE`, and divided by the round trips of the window.
+1. **main pass** (`--secs`): round trips/s and latency percentiles (p50/p99/p99.9) come from
+   loadgen; the server's CPU time is read from /proc/<pid>/stat (utime + stime, all threads)
+   at `GO` and `DONE`, and divided by the round trips of the window. loadgen reports its own
+   CPU time over the window (getrusage): per round trip, and as a share of the window (near
+   100 %, the load generator, not the server, is the bottleneck).
 2. **syscall pass** (`--syscall-secs`): the same load again, with the server's syscalls counted
    over the window by `perf stat -e raw_syscalls:sys_enter` (plus one
    `syscalls:sys_enter_<name>` counter per syscall of interest), switched on at `GO` and off at
    `DONE` through perf's control FIFOs. Counting costs the server a little CPU per syscall, so
    it is kept out of the main pass. Without perf, `strace -c -f -p` is used instead (much more
-   intrusive; the table says which).
+   intrusive; the tables say which).
 
-Raw results go to DIR/raw.jsonl (one JSON object per server run), the summary to
-DIR/summary.json and DIR/summary.md, and the tables are printed. Charts: scripts/charts.py DIR.
+The summary gives, per workload and server, the median and min–max over the rounds of each
+measure, and the ratio of every fdloop server to every peer and to the best peer of the same
+round (computed per round, then summarized), and checks the targets (TARGETS below, and round
+trips/s ≥ 0.95 × the best peer of the round).
+
+Files in DIR (default: a new benches/results/echo-<date> directory; the committed results are
+benches/results/echo): meta.json (machine and options), raw.jsonl (one JSON object per server
+run), summary.json and summary.md (also printed). A run refuses to append to an existing
+raw.jsonl unless given --overwrite. Charts (scripts/charts.py) go to docs/img when DIR is
+benches/results/echo and to DIR/img otherwise. `--summarize DIR` reruns nothing: it recomputes
+the summary and the charts from DIR/raw.jsonl and DIR/meta.json.
+
 Requires Linux, Python 3.9+, taskset, and perf or strace (installed with apt-get as root when
-missing). The binaries are built with `cargo build --release -p fdloop-bench` (set
+missing). The binaries are built with `cargo build --release -p fdloop-bench --bins` (set
 CARGO_TARGET_DIR to reuse a build).
 """
 
@@ -361,8 +375,10 @@ def markdown(summary, servers, workloads, meta):
                 out.append(f"| {s} | {rng(c['p50_us'])} | {rng(c['p99_us'])} | {rng(c['p999_us'])} |")
         out.append("")
         if fdloops and peers:
-            for key, what in (("rt_per_s", "Round trips/s, fdloop ÷ peer (higher is better; target ≥ 0.95 × the best peer)"),
-                              ("cpu_us_per_rt", "Server CPU per round trip, fdloop ÷ peer (lower is better)")):
+            for key, what in (("rt_per_s", "Round trips/s, fdloop ÷ peer (higher is better; best peer: the most "
+                                            "round trips/s in the round; target ≥ 0.95 × the best peer)"),
+                              ("cpu_us_per_rt", "Server CPU per round trip, fdloop ÷ peer (lower is better; best "
+                                                "peer: the least CPU per round trip in the round)")):
                 out.append(f"{what}, {w}:\n")
                 out.append("| fdloop \\ peer | " + " | ".join(peers) + " | best peer of the round |")
                 out.append("|---|" + "---|" * (len(peers) + 1))
@@ -384,13 +400,6 @@ def markdown(summary, servers, workloads, meta):
     return "\n".join(out)
 
 
-def default_charts_dir(out):
-    """docs/img for the committed results (benches/results/echo), DIR/img for any other run."""
-    if os.path.realpath(out) == os.path.realpath(os.path.join(bl.ROOT, "benches", "results", "echo")):
-        return os.path.join(bl.ROOT, "docs", "img")
-    return os.path.join(out, "img")
-
-
 def write_summary(out, records, servers, workloads, meta, charts_dir=None):
     summary = summarize(records, servers, workloads)
     summary["meta"] = meta
@@ -402,7 +411,7 @@ def write_summary(out, records, servers, workloads, meta, charts_dir=None):
     print(md)
     if charts_dir != "none":
         import charts  # scripts/charts.py
-        charts.echo_charts(out, charts_dir or default_charts_dir(out))
+        charts.echo_charts(out, charts_dir or bl.default_charts_dir(out, "echo"))
 
 
 def resummarize(out, charts_dir=None):

@@ -1,23 +1,26 @@
 #!/usr/bin/env python3
 """The benchmarks besides echo: criterion micro-benchmarks, the idle loop, memory per fiber.
 
-    scripts/bench-extra.py micro  [--out DIR] [--measurement-time 3] [--filter REGEX]
+    scripts/bench-extra.py micro  [--out DIR] [--measurement-time 3] [--filter REGEX] [--charts-out DIR]
     scripts/bench-extra.py idle   [--out DIR] [--conns 10000] [--timers 10000] [--secs 10]
     scripts/bench-extra.py memory [--out DIR] [--conns 100000]
     scripts/bench-extra.py all    [--out DIR] …
 
 micro: runs `cargo bench -p fdloop-bench` (timers, fibers, post, files) and collects
 criterion's estimates (median time per element, with its confidence interval) into
-DIR/micro.json. Set FDLOOP_BENCH_FILE_MB / FDLOOP_BENCH_DIR for the file benchmarks.
+DIR/micro.json, and draws micro.svg (scripts/charts.py) into docs/img when DIR is
+benches/results/extra, into DIR/img otherwise (--charts-out overrides; 'none': no chart). Set
+FDLOOP_BENCH_FILE_MB / FDLOOP_BENCH_DIR for the file benchmarks.
 
 idle: runs the `idle` binary on both backends in both styles. Besides what the binary reports (context
 switches and CPU time of the loop thread over the window), the process's syscalls over the
-window are counted from outside with perf (or strace). Results: DIR/idle.jsonl.
+window are counted from outside with perf (or strace). Results: DIR/idle.jsonl (replaced).
 
 memory: runs the `memory` binary on both backends. 100,000 fibers need vm.max_map_count above
 ~200,000 (raised with sysctl when running as root, and said so) and 100,000 fds: when the
 hard RLIMIT_NOFILE is lower (raising it needs CAP_SYS_RESOURCE), the run uses as many
-connections as the limit allows and the result says how many. Results: DIR/memory.jsonl.
+connections as the limit allows and the result says how many. Results: DIR/memory.jsonl
+(replaced).
 """
 
 import argparse
@@ -61,6 +64,9 @@ def micro(args, out):
         json.dump(rec, f, indent=1)
     for k, v in rec["results"].items():
         print(f"{k:45s} {v['ns']:12.1f} ns  [{v['ns_low']:.1f} – {v['ns_high']:.1f}]")
+    if args.charts_out != "none":
+        import charts  # scripts/charts.py
+        charts.micro_charts(out, args.charts_out or bl.default_charts_dir(out, "extra"))
 
 
 def run_marked(cmd, method, timeout):
@@ -94,6 +100,8 @@ def run_marked(cmd, method, timeout):
 
 def idle(args, out, method):
     path = os.path.join(out, "idle.jsonl")
+    if os.path.exists(path):
+        os.remove(path)  # a run replaces the previous one's records, as micro.json is replaced
     configs = [(b, s, args.cq_entries) for b in ("uring", "epoll") for s in ("fiber", "callback")]
     for backend, style, cq in configs:
         cmd = [bl.bin_path("idle"), "--backend", backend, "--style", style, "--conns", str(args.conns),
@@ -109,6 +117,8 @@ def idle(args, out, method):
 
 def memory(args, out):
     path = os.path.join(out, "memory.jsonl")
+    if os.path.exists(path):
+        os.remove(path)  # a run replaces the previous one's records, as micro.json is replaced
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     conns = args.conns
     if hard != resource.RLIM_INFINITY and hard < conns + 1024:
@@ -148,6 +158,9 @@ def main():
     ap.add_argument("--cq-entries", type=int, default=None,
                     help="io_uring completion-queue size for idle/memory (default: the loop's)")
     ap.add_argument("--syscalls", choices=["perf", "strace", "off"], default=None)
+    ap.add_argument("--charts-out", default=None,
+                    help="where micro.svg goes (default: docs/img for benches/results/extra, "
+                         "DIR/img otherwise; 'none': no chart)")
     args = ap.parse_args()
     bl.ensure_tools()
     method = args.syscalls or ("perf" if bl.perf_works() else "strace")

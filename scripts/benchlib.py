@@ -50,6 +50,15 @@ def ensure_tools(need_perf=True):
             sys.exit(f"{tool} is required (package util-linux)")
 
 
+def default_charts_dir(out, committed):
+    """Where a run's charts go: docs/img when `out` is the committed results directory
+    benches/results/<committed>, `out`/img for any other run (so that a scratch run never
+    mixes its charts with the ones docs/benchmarks.md shows)."""
+    if os.path.realpath(out) == os.path.realpath(os.path.join(ROOT, "benches", "results", committed)):
+        return os.path.join(ROOT, "docs", "img")
+    return os.path.join(out, "img")
+
+
 def perf_works():
     """Whether `perf stat` can count syscall tracepoints here."""
     if not shutil.which("perf"):
