@@ -337,7 +337,7 @@ def syscall_method_of(summary, w, servers, meta):
 def markdown(summary, servers, workloads, meta):
     fdloops = [s for s in servers if s.startswith("fdloop")]
     peers = [s for s in servers if not s.startswith("fdloop")]
-    out = [f"Medians over {meta.get('rounds', '?')} interleaved rounds of {meta.get('secs', '?')} s, "
+    out = [f"Medians over the rounds ({meta.get('rounds', '?')} interleaved, {meta.get('secs', '?')} s each), "
            f"(min–max) over the rounds. Ratios are computed per round (fdloop ÷ peer in the same "
            f"round) and summarized the same way. Machine: {meta.get('nproc', '?')} CPUs "
            f"{meta.get('cpu', '')} {meta.get('hypervisor', '')}, Linux {meta.get('kernel', '?')}, "

@@ -258,8 +258,11 @@ def workload_desc(w, meta):
 
 
 def run_note(meta):
-    return (f"{meta.get('rounds', '?')} interleaved rounds of {meta.get('secs', '?')} s "
-            f"(syscalls: separate {meta.get('syscall_secs', '?')} s pass); "
+    rounds = meta.get("rounds", "?")
+    sys_pass = (f"syscalls: separate {meta.get('syscall_secs', '?')} s pass with {meta['syscall_method']}"
+                if meta.get("syscall_method") else "syscalls not counted")
+    return (f"{rounds} interleaved round{'' if rounds == 1 else 's'} of {meta.get('secs', '?')} s "
+            f"({sys_pass}); "
             f"{meta.get('nproc', '?')} vCPU {meta.get('cpu', '')} {meta.get('hypervisor', '')}, "
             f"Linux {meta.get('kernel', '?')}, server pinned to CPU {meta.get('server_cpu', 0)}, "
             f"load generator to CPU {meta.get('client_cpu', 1)}; {meta.get('date', '')}")
@@ -314,12 +317,12 @@ def echo_workload_chart(path, w, summary):
         vals = [v for st in stats.values() if st for v in (st["min"], st["max"], st["median"])]
         if key == "syscalls_per_rt":
             vals += list(sys_targets.values())
+        svg.text(x0, top - 22, title, size=13, weight="bold")
         if not vals:
-            svg.text(x0, top + 20, "not measured", fill=MUTED)
+            svg.text(x0, top - 8, "not measured in this run", size=11, fill=MUTED)
             continue
         log = use_log(vals)
         scale = Scale(min(vals), max(vals), x0, x1, log=log)
-        svg.text(x0, top - 22, title, size=13, weight="bold")
         svg.text(x0, top - 8, sub + ("; log scale" if log else ""), size=11, fill=MUTED)
         axis(svg, scale, top, top + plot_h, tick_fmt)
         for i, s in enumerate(servers):
