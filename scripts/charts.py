@@ -373,12 +373,16 @@ def echo_ratio_chart(path, summary):
     label_w = max(text_w(s, 12) for s in fdloops) + 14
     cell_w, cell_h, gap = 58, 24, 30
     grid_w = len(cols) * cell_w
-    panel_w = label_w + grid_w
-    width = int(12 + 2 * panel_w + gap + 12)
+    panel_w = label_w + max(grid_w, max(max(text_w(m[1], 13), text_w(m[2], 11)) for m in measures) + 10)
+    title = "Echo: every fdloop server ÷ every peer, in the same round"
+    subtitle = ("Cells: median over the rounds of the per-round ratio; 'best peer': the peer with "
+                "the most round trips/s (or least CPU) in that round.")
+    second_panel = 12 + panel_w + gap + label_w + text_w(measures[1][1], 13)
+    width = int(max(12 + 2 * panel_w + gap + 12, 24 + text_w(subtitle, 12), 12 + second_panel,
+                    24 + max(text_w(f"{w}: {workload_desc(w, meta)}", 13) for w in workloads)))
     svg = Svg(width)
-    svg.text(12, 24, "Echo: every fdloop server ÷ every peer, in the same round", size=16, weight="bold")
-    svg.text(12, 44, "Cells: median over the rounds of the per-round ratio; 'best peer': the peer with "
-             "the most round trips/s (or least CPU) in that round.", size=12, fill=MUTED)
+    svg.text(12, 24, title, size=16, weight="bold")
+    svg.text(12, 44, subtitle, size=12, fill=MUTED)
     for m, (key, title, sub, higher) in enumerate(measures):
         x0 = 12 + m * (panel_w + gap) + label_w
         svg.text(x0, 70, title, size=13, weight="bold")
@@ -413,13 +417,13 @@ def echo_ratio_chart(path, summary):
                     missed = c == "best peer" and higher and st["median"] < 0.95
                     svg.text(cx + cell_w / 2, yy + cell_h / 2 + 4, f"{st['median']:.2f}", size=12,
                              anchor="middle", weight="bold" if c == "best peer" else None,
-                             fill=TARGET if missed else INK)
+                             fill="#742a2a" if missed else INK)
             xb = gx + (len(cols) - 1) * cell_w
             svg.line(xb, y_grid - 2, xb, y_grid + len(fdloops) * cell_h + 2, stroke=INK)
         y = y_grid + len(fdloops) * cell_h + 24
-    svg.text(12, y + 4, "Green: fdloop better than the peer; red: worse (full colour at 1.4× either way). "
-             "Red figures: below the target of 0.95 × the best peer.", size=11, fill=MUTED)
-    y = svg.note(12, y + 20, run_note(meta))
+    y = svg.note(12, y + 4, "Green: fdloop better than the peer; red: worse (full colour at 1.4× either "
+                 "way); dark red figures: below the target of 0.95 × the best peer", size=11)
+    y = svg.note(12, y + 4, run_note(meta))
     svg.write(path, y, "Echo: fdloop ÷ peers")
 
 
@@ -451,13 +455,14 @@ def targets_chart(path, summary):
 
     label_w = max(text_w(label(t), 12) for t in targets) + 16
     plot_w, value_room = 470, 150
-    width = int(label_w + plot_w + value_room + 12)
+    subtitle = ("Dot: median over the rounds; whiskers: min–max over the rounds; shaded: where the "
+                "target is met; red tick: the limit.")
+    width = int(max(label_w + plot_w + value_room + 12, 24 + text_w(subtitle, 12)))
     row_h = 22
     svg = Svg(width)
     met = sum(1 for t in targets if t["met"])
     svg.text(12, 24, f"Echo benchmark targets: {met} of {len(targets)} met", size=16, weight="bold")
-    svg.text(12, 44, "Dot: median over the rounds; whiskers: min–max over the rounds; shaded: where the "
-             "target is met; red tick: the limit.", size=12, fill=MUTED)
+    svg.text(12, 44, subtitle, size=12, fill=MUTED)
     legend(svg, 12, 64, [("dot", MET, "met"), ("dot", TARGET, "not met"), ("band", "#c6f6d5", "target zone"),
                          ("tick", TARGET, "limit"), ("whisker", INK, "min–max")])
     y = 92
