@@ -337,7 +337,9 @@ fault_tests! {
                     assert_eq!(res.unwrap_err().raw_os_error(), Some(libc::ECANCELED));
                     assert_eq!(buf, vec![0xEE; 8], "a cancelled read's buffer changed");
                     c.set(c.get() + 1);
-                    if c.get() % 3 == 1 {
+                    // Sampled: the fdinfo lists every overflowed completion, so reading it
+                    // per callback would make the test quadratic.
+                    if c.get() % 256 == 1 {
                         let n = paths
                             .iter()
                             .filter_map(|p| std::fs::read_to_string(p).ok())
