@@ -246,7 +246,7 @@ fn drain(s: &mut impl Read, into: &mut Vec<u8>) {
 }
 
 fn is_open(fd: RawFd) -> bool {
-    // SAFETY: F_GETFD takes no pointer; it only asks whether `fd` is open.
+    // SAFETY: (FFI) F_GETFD takes no pointer; it only asks whether `fd` is open.
     unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
 }
 
@@ -412,9 +412,9 @@ serial_backend_tests! {
         let stream = sock.borrow_mut().take().unwrap();
         let number = stream.as_raw_fd();
         std::mem::forget(stream); // the number is about to belong to the pipe
-        // SAFETY: dup2 takes two ints; `number` is closed and reused atomically.
+        // SAFETY: (FFI) dup2 takes two ints; `number` is closed and reused atomically.
         assert_eq!(unsafe { libc::dup2(r.as_raw_fd(), number) }, number);
-        // SAFETY: `number` is a fresh duplicate of the pipe that nothing else owns now.
+        // SAFETY: (FFI) `number` is a fresh duplicate of the pipe that nothing else owns now.
         let reused = unsafe { std::os::fd::OwnedFd::from_raw_fd(number) };
         let _ = peers.borrow_mut()[0].write(b"y");
         let readable = log.readable.get();
@@ -476,10 +476,10 @@ serial_backend_tests! {
         fake.close_on = Some(b'C');
         let inherited = {
             let fd = sock.borrow().as_ref().unwrap().as_raw_fd();
-            // SAFETY: F_DUPFD_CLOEXEC takes no pointer; the new fd is owned by `inherited`.
+            // SAFETY: (FFI) F_DUPFD_CLOEXEC takes no pointer; the new fd is owned by `inherited`.
             let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
             assert!(d >= 0);
-            // SAFETY: a fresh fd that nothing else owns.
+            // SAFETY: (FFI) a fresh fd that nothing else owns.
             unsafe { std::os::fd::OwnedFd::from_raw_fd(d) }
         };
         let inode = socket_inode(inherited.as_raw_fd());
