@@ -394,8 +394,9 @@ impl Loop {
             events,
             multishot: false,
         };
-        // SAFETY: (I2, I3) a poll references no memory; the fd stays open while registered because
-        // the caller must detach before closing (and a closed fd only makes the poll fail) (I3).
+        // SAFETY: (I2, I3) a poll references no memory (I2); the fd stays open while registered
+        // because the caller must detach before closing, and a closed fd only makes the poll fail
+        // (I3).
         let key = unsafe { self.push_op(op, OpKind::Poll(reg_id)) };
         if let Some(r) = self.inner.polls.borrow_mut().regs.get_mut(reg_id) {
             r.armed = Some(key);

@@ -656,8 +656,9 @@ impl fmt::Debug for UnixDatagram {
 /// completion (so the kernel no longer writes it), with its control buffer still alive and not
 /// adopted before.
 unsafe fn adopt_fds(msg: *const libc::msghdr, mut f: impl FnMut(OwnedFd)) {
-    // SAFETY: (FFI) the kernel wrote `msg_controllen` bytes of well-formed control messages;
-    // CMSG_FIRSTHDR/CMSG_NXTHDR stay inside that length, and each SCM_RIGHTS message holds
+    // SAFETY: (I2, FFI) by this function's contract the `recvmsg(2)` reached its final completion,
+    // so the kernel wrote `msg_controllen` bytes of well-formed control messages and writes them no
+    // more; CMSG_FIRSTHDR/CMSG_NXTHDR stay inside that length, and each SCM_RIGHTS message holds
     // `(cmsg_len - CMSG_LEN(0)) / 4` fds that the kernel installed in this process for us alone, so
     // each is adopted exactly once.
     unsafe {
