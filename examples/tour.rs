@@ -57,7 +57,7 @@ fn main() -> io::Result<()> {
         );
         lp.stop(); // a signal watch keeps `run` going until it is stopped
     })?;
-    // SAFETY: raising a signal for which a handler is installed is sound.
+    // SAFETY: (FFI) raising a signal for which a handler is installed is sound.
     unsafe { libc::raise(libc::SIGUSR1) };
     lp.run()?;
     lp.stop_signal(sig)?;
@@ -145,10 +145,10 @@ fn main() -> io::Result<()> {
 /// A pipe (read end, write end), close-on-exec.
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
-    // SAFETY: `fds` is a writable array of two ints that outlives the call.
+    // SAFETY: (FFI) `fds` is a writable array of two ints that outlives the call.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: pipe2 succeeded: both fds are fresh and owned by nobody else.
+    // SAFETY: (FFI) pipe2 succeeded: both fds are fresh and owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }

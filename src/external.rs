@@ -337,24 +337,26 @@ impl<S: ExternalSource + 'static> Drop for InUse<'_, S> {
 
 /// A close-on-exec duplicate of `fd`, owned by the caller.
 fn dup(fd: RawFd) -> io::Result<RawFd> {
-    // SAFETY: F_DUPFD_CLOEXEC takes an int, no pointer; it fails with EBADF if `fd` is closed.
+    // SAFETY: (FFI) F_DUPFD_CLOEXEC takes an int, no pointer; it fails with EBADF if `fd` is
+    // closed.
     cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })
 }
 
 /// Closes a duplicate made by [`dup`], after every loop of this thread forgot it.
 fn close_dup(fd: RawFd) {
     crate::event_loop::forget_fd(fd);
-    // SAFETY: `fd` is a duplicate this module made and owns; the loop has detached it (or is
-    // gone), and nothing else knows the number, so it is closed exactly once.
+    // SAFETY: (I3) `fd` is a duplicate this module made and owns; the loop has detached it
+    // (cancelling what it had in flight on it) or is gone, and nothing else knows the number, so it
+    // is closed exactly once and with nothing in flight.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
 }
 
 fn identity(fd: RawFd) -> io::Result<Ident> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `st` is a writable stat buffer that outlives the call; fstat only asks the kernel
-    // about `fd` and fails with EBADF if it is not open.
+    // SAFETY: (FFI) `st` is a writable stat buffer that outlives the call; fstat only asks the
+    // kernel about `fd` and fails with EBADF if it is not open.
     cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded and filled `st`.
+    // SAFETY: (FFI) fstat succeeded and filled `st`.
     let st = unsafe { st.assume_init() };
     Ok((st.st_dev, st.st_ino))
 }

@@ -20,7 +20,7 @@
 //! /// A non-blocking listener on 127.0.0.1:`port` with SO_REUSEPORT (port 0: any free port).
 //! fn reuseport_listener(port: u16) -> io::Result<TcpListener> {
 //!     let cvt = |r: i32| if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) };
-//!     // SAFETY: plain syscalls; `addr` and `one` outlive the calls that read them, and the
+//!     // SAFETY: (FFI) plain syscalls; `addr` and `one` outlive the calls that read them, and the
 //!     // fd is owned by the returned listener only.
 //!     unsafe {
 //!         let fd = cvt(libc::socket(
@@ -337,16 +337,16 @@ fn panic_error(name: &str, payload: &(dyn std::any::Any + Send)) -> io::Error {
 
 /// The CPUs in the calling thread's affinity mask, in increasing order.
 fn affinity_cpus() -> io::Result<Vec<usize>> {
-    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+    // SAFETY: (FFI) cpu_set_t is a plain bit array; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is writable memory of the size passed.
+    // SAFETY: (FFI) `set` is writable memory of the size passed.
     let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
     if r != 0 {
         let e = io::Error::last_os_error();
         return Err(io::Error::new(e.kind(), format!("sched_getaffinity: {e}")));
     }
     let max = usize::try_from(libc::CPU_SETSIZE).unwrap_or(0);
-    // SAFETY: every index is below CPU_SETSIZE, the size of `set` in bits.
+    // SAFETY: (FFI) every index is below CPU_SETSIZE, the size of `set` in bits.
     let cpus: Vec<usize> = (0..max)
         .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
         .collect();
@@ -360,11 +360,11 @@ fn affinity_cpus() -> io::Result<Vec<usize>> {
 
 /// Pins the calling thread to `cpu`.
 fn pin_to(cpu: usize) -> io::Result<()> {
-    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+    // SAFETY: (FFI) cpu_set_t is a plain bit array; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` comes from `affinity_cpus`, so it is below CPU_SETSIZE.
+    // SAFETY: (FFI) `cpu` comes from `affinity_cpus`, so it is below CPU_SETSIZE.
     unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    // SAFETY: (FFI) `set` is a valid cpu_set_t of the size passed.
     let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
     if r != 0 {
         let e = io::Error::last_os_error();

@@ -32,9 +32,9 @@ use crate::sys::{cvt, set_nonblocking, LoopFd};
 /// `pipe2(2)` errors: `EMFILE`/`ENFILE` when out of fds.
 pub fn pipe() -> io::Result<(PipeReader, PipeWriter)> {
     let mut fds = [0; 2];
-    // SAFETY: `fds` is a writable array of two ints.
+    // SAFETY: (FFI) `fds` is a writable array of two ints.
     cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
-    // SAFETY: pipe2 returned two fresh fds that nothing else owns.
+    // SAFETY: (FFI) pipe2 returned two fresh fds that nothing else owns.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     Ok((
         PipeReader {

@@ -187,9 +187,9 @@ impl Polls {
 
 fn identity(fd: RawFd) -> io::Result<(u64, u64)> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `st` is a writable stat buffer that outlives the call.
+    // SAFETY: (FFI) `st` is a writable stat buffer that outlives the call.
     cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded and filled `st`.
+    // SAFETY: (FFI) fstat succeeded and filled `st`.
     let st = unsafe { st.assume_init() };
     Ok((st.st_dev, st.st_ino))
 }
@@ -394,8 +394,9 @@ impl Loop {
             events,
             multishot: false,
         };
-        // SAFETY: a poll references no memory; the fd stays open while registered because the
-        // caller must detach before closing (and a closed fd only makes the poll fail) (I3).
+        // SAFETY: (I2, I3) a poll references no memory (I2); the fd stays open while registered
+        // because the caller must detach before closing, and a closed fd only makes the poll fail
+        // (I3).
         let key = unsafe { self.push_op(op, OpKind::Poll(reg_id)) };
         if let Some(r) = self.inner.polls.borrow_mut().regs.get_mut(reg_id) {
             r.armed = Some(key);

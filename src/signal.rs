@@ -192,7 +192,7 @@ fn prepare(signum: i32) -> io::Result<()> {
     if prepared[idx] {
         return Ok(());
     }
-    // SAFETY: sigaction with a null new action only reads the current one into `old`, a
+    // SAFETY: (FFI) sigaction with a null new action only reads the current one into `old`, a
     // zeroed (valid) sigaction that outlives the call.
     let was_default = unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();
@@ -200,7 +200,7 @@ fn prepare(signum: i32) -> io::Result<()> {
             && old.sa_sigaction == libc::SIG_DFL
     };
     if was_default {
-        // SAFETY: the action is async-signal-safe: an atomic load and signal-hook's
+        // SAFETY: (FFI) the action is async-signal-safe: an atomic load and signal-hook's
         // `emulate_default_handler` (sigaction + raise), which is made for signal handlers.
         unsafe {
             signal_hook_registry::register(signum, move || {
@@ -242,7 +242,7 @@ impl Loop {
     ///     println!("got {sig:?}");
     ///     lp.stop();
     /// })?;
-    /// // SAFETY: raising a signal with a handler installed is sound.
+    /// // SAFETY: (FFI) raising a signal with a handler installed is sound.
     /// unsafe { libc::raise(libc::SIGUSR1) };
     /// lp.run()?;
     /// # Ok::<(), std::io::Error>(())
@@ -261,8 +261,8 @@ impl Loop {
         let waker = self.inner.shared.waker.clone();
         let handler_flag = flag.clone();
         WATCHES[signal.0 as usize].fetch_add(1, Ordering::SeqCst);
-        // SAFETY: the action is async-signal-safe: two atomic stores and `Waker::wake`, which is
-        // an atomic swap and a write(2) to an eventfd. It allocates nothing and takes no lock.
+        // SAFETY: (FFI) the action is async-signal-safe: two atomic stores and `Waker::wake`, which
+        // is an atomic swap and a write(2) to an eventfd. It allocates nothing and takes no lock.
         let action = unsafe {
             signal_hook_registry::register(signal.0, move || {
                 handler_flag.store(true, Ordering::SeqCst);

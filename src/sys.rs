@@ -18,10 +18,10 @@ pub(crate) fn cvt(ret: i32) -> io::Result<i32> {
 
 /// Sets `O_NONBLOCK` on an fd the caller owns.
 pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: F_GETFL/F_SETFL take no pointers.
+    // SAFETY: (FFI) F_GETFL/F_SETFL take no pointers.
     let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
     if flags & libc::O_NONBLOCK == 0 {
-        // SAFETY: as above.
+        // SAFETY: (FFI) F_SETFL takes an int flag argument, no pointer.
         cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
     }
     Ok(())
@@ -44,13 +44,13 @@ pub(crate) fn check_fd(fd: RawFd) -> io::Result<()> {
             format!("fd {fd} is not a file descriptor (EBADF)"),
         ));
     }
-    // SAFETY: F_GETFD takes no pointer; it only asks the kernel whether `fd` is open.
+    // SAFETY: (FFI) F_GETFD takes no pointer; it only asks the kernel whether `fd` is open.
     cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) }).map(drop)
 }
 
 /// A socket address in the kernel's representation.
 pub(crate) fn sockaddr_from(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid (AF_UNSPEC) value.
+    // SAFETY: (FFI) sockaddr_storage is plain old data; all-zero is a valid (AF_UNSPEC) value.
     let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
     let len = match addr {
         SocketAddr::V4(a) => {
@@ -62,7 +62,7 @@ pub(crate) fn sockaddr_from(addr: &SocketAddr) -> (libc::sockaddr_storage, libc:
                 },
                 sin_zero: [0; 8],
             };
-            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
+            // SAFETY: (FFI) sockaddr_storage is larger than and suitably aligned for sockaddr_in.
             unsafe {
                 (&mut storage as *mut libc::sockaddr_storage)
                     .cast::<libc::sockaddr_in>()
@@ -80,7 +80,7 @@ pub(crate) fn sockaddr_from(addr: &SocketAddr) -> (libc::sockaddr_storage, libc:
                 },
                 sin6_scope_id: a.scope_id(),
             };
-            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
+            // SAFETY: (FFI) sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
             unsafe {
                 (&mut storage as *mut libc::sockaddr_storage)
                     .cast::<libc::sockaddr_in6>()
@@ -96,8 +96,8 @@ pub(crate) fn sockaddr_from(addr: &SocketAddr) -> (libc::sockaddr_storage, libc:
 pub(crate) fn sockaddr_to(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(storage.ss_family) {
         libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in; storage is large enough
-            // and aligned for it.
+            // SAFETY: (FFI) the family says the storage holds a sockaddr_in; storage is large
+            // enough and aligned for it.
             let sin =
                 unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
@@ -107,7 +107,8 @@ pub(crate) fn sockaddr_to(storage: &libc::sockaddr_storage) -> Option<SocketAddr
             )))
         }
         libc::AF_INET6 => {
-            // SAFETY: as above, for sockaddr_in6.
+            // SAFETY: (FFI) the family says the storage holds a sockaddr_in6; storage is larger
+            // than and suitably aligned for it.
             let sin6 = unsafe {
                 &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
             };
@@ -140,7 +141,8 @@ impl LoopFd {
         crate::event_loop::forget_fd(self.0.as_raw_fd());
         fdloop_backends::note_close(self.0.as_raw_fd());
         let mut this = ManuallyDrop::new(self);
-        // SAFETY: `this` is never used or dropped again, so the fd is moved out exactly once.
+        // SAFETY: (FFI) `this` is never used or dropped again, so the fd is moved out of the
+        // `ManuallyDrop` exactly once.
         unsafe { ManuallyDrop::take(&mut this.0) }
     }
 }
@@ -151,7 +153,8 @@ impl Drop for LoopFd {
         // other threads notice the close count when they next look the number up.
         crate::event_loop::forget_fd(self.0.as_raw_fd());
         fdloop_backends::note_close(self.0.as_raw_fd());
-        // SAFETY: dropped exactly once, here.
+        // SAFETY: (FFI) `self.0` is dropped exactly once, here, and never used after; the loops
+        // were told to forget the number just above.
         unsafe { ManuallyDrop::drop(&mut self.0) };
     }
 }

@@ -70,31 +70,31 @@ fn record(size: usize) {
     }
 }
 
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
+// SAFETY: (FFI) every method forwards to `System` with the caller's arguments unchanged, so the
 // `GlobalAlloc` contract is `System`'s; `record` only touches thread-locals and atomics (and,
-// guarded against re-entrance, captures and prints a backtrace, which allocates through this
-// same allocator without being counted).
+// guarded against re-entrance, captures and prints a backtrace, which allocates through this same
+// allocator without being counted).
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         record(layout.size());
-        // SAFETY: forwarded from the caller (a non-zero-sized layout).
+        // SAFETY: (FFI) forwarded from the caller (a non-zero-sized layout).
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         record(layout.size());
-        // SAFETY: forwarded from the caller.
+        // SAFETY: (FFI) forwarded from the caller.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         record(new_size);
-        // SAFETY: forwarded from the caller (`ptr` was allocated by `System` with `layout`).
+        // SAFETY: (FFI) forwarded from the caller (`ptr` was allocated by `System` with `layout`).
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded from the caller.
+        // SAFETY: (FFI) forwarded from the caller.
         unsafe { System.dealloc(ptr, layout) }
     }
 }

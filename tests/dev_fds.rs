@@ -297,7 +297,7 @@ extern "C" fn block_before_main() {
 }
 
 fn kill_self_usr1() {
-    // SAFETY: kill takes no pointers.
+    // SAFETY: (FFI) kill takes no pointers.
     assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) }, 0);
 }
 
@@ -330,7 +330,7 @@ fn signalfd_child() {
     println!("signalfd child: mask inherited");
     let lp = Loop::builder().backend(choice).build().unwrap();
     let me = std::process::id();
-    // SAFETY: getuid takes no pointers and cannot fail.
+    // SAFETY: (FFI) getuid takes no pointers and cannot fail.
     let uid = unsafe { libc::getuid() };
 
     // Fiber style: the fiber suspends in read(); the signal is sent while it waits.
@@ -381,7 +381,7 @@ fn signalfd_child() {
     assert_ne!(leaked & usr1_bit, 0, "SigBlk {leaked:x}");
     let mut cmd = Command::new("cat");
     cmd.arg("/proc/self/status");
-    // SAFETY: SigSet::unblock only calls pthread_sigmask, which is async-signal-safe.
+    // SAFETY: (FFI) SigSet::unblock only calls pthread_sigmask, which is async-signal-safe.
     unsafe { cmd.pre_exec(move || set.unblock()) };
     let clean = child_sigblk(&mut cmd);
     assert_eq!(clean & usr1_bit, 0, "SigBlk {clean:x}");

@@ -104,7 +104,7 @@ impl Running {
 
     fn signal(&self, signal: i32) {
         let pid = libc::pid_t::try_from(self.0.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) takes no pointers; `pid` is our own child, not yet reaped (we own
+        // SAFETY: (FFI) kill(2) takes no pointers; `pid` is our own child, not yet reaped (we own
         // its `Child` and have not waited for it), so the number cannot name another process.
         let r = unsafe { libc::kill(pid, signal) };
         assert_eq!(r, 0, "kill: {}", io::Error::last_os_error());

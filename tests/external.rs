@@ -7,7 +7,7 @@ mod common;
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
@@ -30,8 +30,15 @@ struct Log {
     dropped: Cell<bool>,
 }
 
-trait Stream: Read + Write + AsRawFd {}
-impl<T: Read + Write + AsRawFd> Stream for T {}
+trait Stream: Read + Write + AsRawFd {
+    /// Gives up the stream and its fd: the caller owns the number.
+    fn into_raw(self: Box<Self>) -> RawFd;
+}
+impl<T: Read + Write + AsRawFd + IntoRawFd> Stream for T {
+    fn into_raw(self: Box<Self>) -> RawFd {
+        (*self).into_raw_fd()
+    }
+}
 
 type Sock = Rc<RefCell<Option<Box<dyn Stream>>>>;
 type Hook = Box<dyn FnMut(&Loop)>;
@@ -246,7 +253,7 @@ fn drain(s: &mut impl Read, into: &mut Vec<u8>) {
 }
 
 fn is_open(fd: RawFd) -> bool {
-    // SAFETY: F_GETFD takes no pointer; it only asks whether `fd` is open.
+    // SAFETY: (FFI) F_GETFD takes no pointer; it only asks whether `fd` is open.
     unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
 }
 
@@ -409,13 +416,18 @@ serial_backend_tests! {
         // pipe with data in it (dup2 does both at once), while fd() still reports the number.
         let (r, w) = common::pipe();
         common::write_fd(&w, b"not for the library");
-        let stream = sock.borrow_mut().take().unwrap();
-        let number = stream.as_raw_fd();
-        std::mem::forget(stream); // the number is about to belong to the pipe
-        // SAFETY: dup2 takes two ints; `number` is closed and reused atomically.
-        assert_eq!(unsafe { libc::dup2(r.as_raw_fd(), number) }, number);
-        // SAFETY: `number` is a fresh duplicate of the pipe that nothing else owns now.
+        // The socket's number is owned here from now on; dup2 closes the socket and hands the
+        // number to the pipe, and `reused` owns it after that.
+        let number = sock.borrow_mut().take().unwrap().into_raw();
+        // SAFETY: (FFI) dup2 takes two ints; it closes the socket that `number` names (owned
+        // here) and makes the number a duplicate of the pipe, atomically.
+        let duped = unsafe { libc::dup2(r.as_raw_fd(), number) };
+        let dup_error = io::Error::last_os_error();
+        // SAFETY: (FFI) `number` is owned here and nothing else owns it: after a successful dup2
+        // it names a fresh duplicate of the pipe; after a failed one, still the socket, which
+        // `reused` then closes.
         let reused = unsafe { std::os::fd::OwnedFd::from_raw_fd(number) };
+        assert_eq!(duped, number, "dup2: {dup_error}");
         let _ = peers.borrow_mut()[0].write(b"y");
         let readable = log.readable.get();
         let housekeeping = log.housekeeping.get();
@@ -476,10 +488,10 @@ serial_backend_tests! {
         fake.close_on = Some(b'C');
         let inherited = {
             let fd = sock.borrow().as_ref().unwrap().as_raw_fd();
-            // SAFETY: F_DUPFD_CLOEXEC takes no pointer; the new fd is owned by `inherited`.
+            // SAFETY: (FFI) F_DUPFD_CLOEXEC takes no pointer; the new fd is owned by `inherited`.
             let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
             assert!(d >= 0);
-            // SAFETY: a fresh fd that nothing else owns.
+            // SAFETY: (FFI) a fresh fd that nothing else owns.
             unsafe { std::os::fd::OwnedFd::from_raw_fd(d) }
         };
         let inode = socket_inode(inherited.as_raw_fd());

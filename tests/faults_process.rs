@@ -136,10 +136,10 @@ fn raise_fd_limit() {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: `lim` is a writable rlimit.
+    // SAFETY: (FFI) `lim` is a writable rlimit.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
     lim.rlim_cur = lim.rlim_max;
-    // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the hard one is allowed.
+    // SAFETY: (FFI) `lim` is a valid rlimit; raising the soft limit up to the hard one is allowed.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
 }
 
@@ -154,7 +154,8 @@ fn run_until(lp: &Loop, what: &str, mut done: impl FnMut() -> bool) {
 
 /// Sends `sig` to this process (not to one thread).
 fn kill_self(sig: i32) {
-    // SAFETY: kill takes no pointers; the signals sent here are watched or ignored by default.
+    // SAFETY: (FFI) kill takes no pointers; the signals sent here are watched or ignored by
+    // default.
     let r = unsafe { libc::kill(libc::getpid(), sig) };
     assert_eq!(r, 0, "{}", io::Error::last_os_error());
 }
@@ -261,10 +262,10 @@ fn emfile_child(role: &str) {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: `lim` is a writable rlimit.
+    // SAFETY: (FFI) `lim` is a writable rlimit.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
     lim.rlim_cur = (highest_fd() as u64 + 1 + 8).min(lim.rlim_max);
-    // SAFETY: a valid rlimit; lowering the soft limit is always allowed.
+    // SAFETY: (FFI) a valid rlimit; lowering the soft limit is always allowed.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
     let hogs: Rc<RefCell<Vec<OwnedFd>>> = Rc::default();
     loop {
@@ -644,7 +645,7 @@ fn fork_with_a_live_loop(choice: BackendChoice) {
         assert!(parent_ring > 0, "the parent's ring is not mapped?");
     }
 
-    // SAFETY: fork in a test process with other threads: the child only runs its own code
+    // SAFETY: (FFI) fork in a test process with other threads: the child only runs its own code
     // below (allocations are fork-safe in glibc) and leaves with _exit, without unwinding and
     // without dropping anything it inherited.
     let pid = unsafe { libc::fork() };
@@ -652,7 +653,7 @@ fn fork_with_a_live_loop(choice: BackendChoice) {
     if pid == 0 {
         let code = panic::catch_unwind(AssertUnwindSafe(|| forked_child(choice, parent_ring > 0)))
             .unwrap_or(child_exit::PANIC);
-        // SAFETY: ends the child at once: no destructor runs, nothing inherited is touched.
+        // SAFETY: (FFI) ends the child at once: no destructor runs, nothing inherited is touched.
         unsafe { libc::_exit(code) };
     }
 
@@ -696,14 +697,14 @@ fn wait_child(pid: libc::pid_t) -> i32 {
     let start = Instant::now();
     loop {
         let mut status = 0;
-        // SAFETY: `status` is a writable int.
+        // SAFETY: (FFI) `status` is a writable int.
         let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         if r == pid {
             return status;
         }
         assert!(r == 0, "waitpid: {}", io::Error::last_os_error());
         if start.elapsed() > LIMIT {
-            // SAFETY: kill takes no pointers; `pid` is our child.
+            // SAFETY: (FFI) kill takes no pointers; `pid` is our child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             panic!("the forked child hung");
         }

@@ -28,9 +28,9 @@ fn stale_registration_never_reaches_a_reused_fd_number(lp: &Loop) {
     let (a, b) = UnixStream::pair().unwrap();
     drop(r);
     (&a).write_all(b"new").unwrap();
-    // SAFETY: dup2 onto the freed number; `b` stays owned and is closed below.
+    // SAFETY: (FFI) dup2 onto the freed number; `b` stays owned and is closed below.
     assert_eq!(unsafe { libc::dup2(b.as_raw_fd(), num) }, num);
-    // SAFETY: `num` now names a fresh duplicate that only this OwnedFd owns.
+    // SAFETY: (FFI) `num` now names a fresh duplicate that only this OwnedFd owns.
     let reused = unsafe { OwnedFd::from_raw_fd(num) };
     let got = Rc::new(Cell::new(false));
     let g = got.clone();

@@ -33,12 +33,13 @@ fn raise_fd_limit() {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: `lim` is a live, writable rlimit.
+    // SAFETY: (FFI) `lim` is a live, writable rlimit.
     let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
     assert_eq!(r, 0, "getrlimit: {}", std::io::Error::last_os_error());
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
-        // SAFETY: `lim` is a live rlimit; raising the soft limit up to the hard one is allowed.
+        // SAFETY: (FFI) `lim` is a live rlimit; raising the soft limit up to the hard one is
+        // allowed.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     }
 }

@@ -79,9 +79,9 @@ backend_tests! {
         let results: Rc<RefCell<Vec<Option<i32>>>> = Rc::default();
         let mut socks = Vec::new();
         for target in [addr, closed] {
-            // SAFETY: socket takes no pointers; the fd is wrapped at once.
+            // SAFETY: (FFI) socket takes no pointers; the fd is wrapped at once.
             let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-            // SAFETY: a fresh fd.
+            // SAFETY: (FFI) socket returned a fresh fd that nothing else owns.
             let sock: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
             let r = results.clone();
             lp.connect(&sock, target, move |_, res| r.borrow_mut().push(res.err().and_then(|e| e.raw_os_error())));

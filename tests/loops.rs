@@ -32,13 +32,13 @@ where
 
 /// The CPUs in the calling thread's affinity mask.
 fn affinity() -> Vec<usize> {
-    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+    // SAFETY: (FFI) cpu_set_t is a plain bit array; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is writable memory of the size passed.
+    // SAFETY: (FFI) `set` is writable memory of the size passed.
     let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
     assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
     (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: every index is below CPU_SETSIZE, the size of `set` in bits.
+        // SAFETY: (FFI) every index is below CPU_SETSIZE, the size of `set` in bits.
         .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
         .collect()
 }
@@ -322,13 +322,13 @@ fn build_error_child() {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: `old` is writable memory for one rlimit.
+    // SAFETY: (FFI) `old` is writable memory for one rlimit.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }, 0);
     let lim = libc::rlimit {
         rlim_cur: limit as libc::rlim_t,
         rlim_max: old.rlim_max,
     };
-    // SAFETY: `lim` is a valid rlimit below the hard limit.
+    // SAFETY: (FFI) `lim` is a valid rlimit below the hard limit.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
 
     let ran = Arc::new(AtomicUsize::new(0));
@@ -336,7 +336,8 @@ fn build_error_child() {
     let result = on(choice).threads(3).keep_alive(true).start(move |_lp, _| {
         r.fetch_add(1, Ordering::SeqCst);
     });
-    // SAFETY: `old` is the limit read above.
+    // SAFETY: (FFI) `old` is the valid rlimit read by getrlimit at the start of this test;
+    // restoring it is allowed.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) }, 0);
     let e = result.expect_err("three loops were built under a limit for one");
     let msg = e.to_string();

@@ -24,11 +24,12 @@ fn raise_fd_limit() {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: `lim` is a live rlimit for the kernel to fill.
+    // SAFETY: (FFI) `lim` is a live rlimit for the kernel to fill.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
-        // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the hard one is allowed.
+        // SAFETY: (FFI) `lim` is a valid rlimit; raising the soft limit up to the hard one is
+        // allowed.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     }
 }
@@ -63,13 +64,13 @@ fn echo(mut s: impl Read + Write) -> usize {
 }
 
 fn cloexec(fd: &impl AsRawFd) -> bool {
-    // SAFETY: F_GETFD takes no pointer.
+    // SAFETY: (FFI) F_GETFD takes no pointer.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
     flags & libc::FD_CLOEXEC != 0
 }
 
 fn nonblocking(fd: &impl AsRawFd) -> bool {
-    // SAFETY: F_GETFL takes no pointer.
+    // SAFETY: (FFI) F_GETFL takes no pointer.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
     flags & libc::O_NONBLOCK != 0
 }
@@ -457,7 +458,7 @@ backend_tests! {
         // kernel until the listener accepts.
         let path = temp_path("unix-backlog");
         let std_listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        // SAFETY: listen(2) on an open socket, to lower its backlog; takes no pointers.
+        // SAFETY: (FFI) listen(2) on an open socket, to lower its backlog; takes no pointers.
         assert_eq!(unsafe { libc::listen(std_listener.as_raw_fd(), 0) }, 0);
         let listener = UnixListener::from_std(std_listener).unwrap();
         let accepting_from: Rc<Cell<Option<Instant>>> = Rc::default();
@@ -717,9 +718,9 @@ backend_tests! {
             let (r, w) = common::pipe();
             drop((a, b));
             // A pipe on the same fd number: the loop must not treat it as a socket.
-            // SAFETY: dup2 onto the number `a` had; the result is owned by `reused` alone.
+            // SAFETY: (FFI) dup2 onto the number `a` had; the result is owned by `reused` alone.
             assert_eq!(unsafe { libc::dup2(r.as_raw_fd(), num) }, num);
-            // SAFETY: `num` is a fresh duplicate that nothing else owns.
+            // SAFETY: (FFI) `num` is a fresh duplicate that nothing else owns.
             let reused = unsafe { OwnedFd::from_raw_fd(num) };
             drop(r);
             common::write_fd(&w, b"pipe data");
@@ -768,10 +769,10 @@ backend_tests! {
 
 /// A listening std socket on 127.0.0.1 with the given backlog.
 fn std_listener_with_backlog(backlog: i32) -> std::net::TcpListener {
-    // SAFETY: socket(2) takes no pointers.
+    // SAFETY: (FFI) socket(2) takes no pointers.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     assert!(fd >= 0);
-    // SAFETY: a fresh fd that nothing else owns.
+    // SAFETY: (FFI) a fresh fd that nothing else owns.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -781,7 +782,7 @@ fn std_listener_with_backlog(backlog: i32) -> std::net::TcpListener {
         },
         sin_zero: [0; 8],
     };
-    // SAFETY: `sin` is a valid sockaddr_in of the given length.
+    // SAFETY: (FFI) `sin` is a valid sockaddr_in of the given length.
     let r = unsafe {
         libc::bind(
             fd,
@@ -790,7 +791,7 @@ fn std_listener_with_backlog(backlog: i32) -> std::net::TcpListener {
         )
     };
     assert_eq!(r, 0, "{}", io::Error::last_os_error());
-    // SAFETY: listen(2) takes no pointers.
+    // SAFETY: (FFI) listen(2) takes no pointers.
     assert_eq!(unsafe { libc::listen(fd, backlog) }, 0);
     std::net::TcpListener::from(owned)
 }

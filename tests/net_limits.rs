@@ -108,10 +108,10 @@ fn set_fd_limit(soft: u64) {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: `lim` is a live rlimit for the kernel to fill.
+    // SAFETY: (FFI) `lim` is a live rlimit for the kernel to fill.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
     lim.rlim_cur = soft.min(lim.rlim_max);
-    // SAFETY: `lim` is a valid rlimit; lowering the soft limit is always allowed.
+    // SAFETY: (FFI) `lim` is a valid rlimit; lowering the soft limit is always allowed.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
 }
 
@@ -170,7 +170,7 @@ fn kind_of<T>(r: io::Result<T>) -> String {
 }
 
 fn no_sigpipe(lp: &Loop) -> String {
-    // SAFETY: the default action for SIGPIPE, in this child process only: a write that raised
+    // SAFETY: (FFI) the default action for SIGPIPE, in this child process only: a write that raised
     // SIGPIPE would now kill it, and the parent would see that.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -212,11 +212,13 @@ fn no_sigpipe(lp: &Loop) -> String {
 /// A plain `send(2)` without `MSG_NOSIGNAL` to a closed peer, with SIGPIPE at its default
 /// action: the process dies, which is what the parent expects to see.
 fn sigpipe_control() -> String {
-    // SAFETY: as in `no_sigpipe`.
+    // SAFETY: (FFI) signal(2) takes no pointers; it restores the default action for SIGPIPE in this
+    // child process only, so a write that raised SIGPIPE would kill it, which is what the parent
+    // checks.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
     drop(b);
-    // SAFETY: a live one-byte buffer and an open socket.
+    // SAFETY: (FFI) a live one-byte buffer and an open socket.
     let r = unsafe { libc::send(a.as_raw_fd(), b"x".as_ptr().cast(), 1, 0) };
     format!("survived a plain send to a closed peer: {r}")
 }

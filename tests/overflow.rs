@@ -29,10 +29,10 @@ fn recurse(depth: u64) -> u64 {
 
 fn segv_action() -> usize {
     let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
-    // SAFETY: a null new action only queries; `old` is writable memory for one sigaction.
+    // SAFETY: (FFI) a null new action only queries; `old` is writable memory for one sigaction.
     let r = unsafe { libc::sigaction(libc::SIGSEGV, std::ptr::null(), old.as_mut_ptr()) };
     assert_eq!(r, 0);
-    // SAFETY: zero-initialised and filled in by the kernel.
+    // SAFETY: (FFI) zero-initialised and filled in by the kernel.
     unsafe { old.assume_init() }.sa_sigaction
 }
 
@@ -40,7 +40,8 @@ fn segv_action() -> usize {
 /// address is not 0 only so that debug assertions do not turn it into a panic first).
 fn null_read() -> u8 {
     let p = black_box(16usize) as *const u8;
-    // SAFETY: deliberately invalid: the read faults, and the fault is what this test is about.
+    // SAFETY: (FFI) deliberately invalid: the read faults, and the fault is what this test is
+    // about.
     unsafe { std::ptr::read_volatile(p) }
 }
 
@@ -55,7 +56,7 @@ fn child() {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: `no_core` is a valid rlimit.
+    // SAFETY: (FFI) `no_core` is a valid rlimit.
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
 
     if case == "fiber-own-altstack" {
@@ -66,7 +67,7 @@ fn child() {
             ss_flags: libc::SS_DISABLE,
             ss_size: 0,
         };
-        // SAFETY: disabling the alternate stack of this thread; nothing runs on it now.
+        // SAFETY: (FFI) disabling the alternate stack of this thread; nothing runs on it now.
         assert_eq!(unsafe { libc::sigaltstack(&off, std::ptr::null_mut()) }, 0);
     }
     let before = segv_action();

@@ -88,16 +88,17 @@ backend_tests! {
     fn eventfd_and_timerfd(lp: &Loop) {
         let efd = eventfd();
         eventfd_write(&efd, 3);
-        // SAFETY: timerfd_create takes no pointers.
+        // SAFETY: (FFI) timerfd_create takes no pointers.
         let tfd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC | libc::TFD_NONBLOCK) };
         assert!(tfd >= 0);
-        // SAFETY: a fresh fd owned by nothing else.
+        // SAFETY: (FFI) a fresh fd owned by nothing else.
         let tfd = unsafe { OwnedFd::from_raw_fd(tfd) };
         let spec = libc::itimerspec {
             it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
             it_value: libc::timespec { tv_sec: 0, tv_nsec: 2_000_000 },
         };
-        // SAFETY: `spec` is a valid itimerspec for the call; the old value pointer may be null.
+        // SAFETY: (FFI) `spec` is a valid itimerspec for the call; the old value pointer may be
+        // null.
         assert_eq!(unsafe { libc::timerfd_settime(tfd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) }, 0);
         let got: Rc<RefCell<Vec<(&str, u64)>>> = Rc::default();
         for (name, fd) in [("eventfd", efd), ("timerfd", tfd)] {
@@ -143,7 +144,7 @@ backend_tests! {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        // SAFETY: a one-byte live buffer.
+        // SAFETY: (FFI) a one-byte live buffer.
         let n = unsafe { libc::send(client.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
         assert_eq!(n, 1);
         let calls = Rc::new(Cell::new(0));
@@ -153,7 +154,7 @@ backend_tests! {
             assert!(ready.is_priority());
             c.set(c.get() + 1);
             let mut b = 0u8;
-            // SAFETY: a one-byte live buffer.
+            // SAFETY: (FFI) a one-byte live buffer.
             let n = unsafe { libc::recv(fd, (&mut b as *mut u8).cast(), 1, libc::MSG_OOB) };
             assert_eq!((n, b), (1, b'!'));
             // The urgent byte is consumed: PRIORITY clears. Stop after a few iterations to show

@@ -72,7 +72,7 @@ fn cgroup2_mounts() -> Vec<PathBuf> {
 
 fn mount_cgroup2(dir: &Path) -> io::Result<()> {
     let target = CString::new(dir.as_os_str().as_bytes()).unwrap();
-    // SAFETY: every pointer is a NUL-terminated string that outlives the call; no data.
+    // SAFETY: (FFI) every pointer is a NUL-terminated string that outlives the call; no data.
     let r = unsafe {
         libc::mount(
             c"none".as_ptr(),
@@ -165,7 +165,7 @@ impl Drop for TestCgroup {
         }
         if let Some(mnt) = &self.mount {
             let target = CString::new(mnt.as_os_str().as_bytes()).unwrap();
-            // SAFETY: a NUL-terminated path that outlives the call.
+            // SAFETY: (FFI) a NUL-terminated path that outlives the call.
             unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
             let _ = fs::remove_dir(mnt);
         }
@@ -284,7 +284,7 @@ backend_tests! {
         let fd = attr.as_raw_fd();
         // Move the file position to end-of-file with plain reads (used below).
         let mut buf = [0u8; 256];
-        // SAFETY: `buf` is a live buffer of its length.
+        // SAFETY: (FFI) `buf` is a live buffer of its length.
         while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
         let calls = Rc::new(Cell::new(0u32));
         let c = calls.clone();
@@ -304,12 +304,12 @@ backend_tests! {
         // A read at end-of-file does not re-arm; a read from offset 0 does.
         let pri_now = || {
             let mut p = libc::pollfd { fd, events: libc::POLLPRI, revents: 0 };
-            // SAFETY: one live pollfd; a zero timeout does not wait.
+            // SAFETY: (FFI) one live pollfd; a zero timeout does not wait.
             assert!(unsafe { libc::poll(&mut p, 1, 0) } >= 0);
             p.revents & libc::POLLPRI != 0
         };
         assert!(pri_now());
-        // SAFETY: `buf` is a live buffer of its length.
+        // SAFETY: (FFI) `buf` is a live buffer of its length.
         assert_eq!(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }, 0);
         assert!(pri_now(), "a read at end-of-file re-armed the notification");
         assert_eq!(populated(&attr.read_value().unwrap()), 1);
@@ -412,14 +412,14 @@ backend_tests! {
 }
 
 fn send_oob(s: &TcpStream, byte: u8) {
-    // SAFETY: a one-byte live buffer.
+    // SAFETY: (FFI) a one-byte live buffer.
     let n = unsafe { libc::send(s.as_raw_fd(), (&byte as *const u8).cast(), 1, libc::MSG_OOB) };
     assert_eq!(n, 1, "{}", io::Error::last_os_error());
 }
 
 fn recv_oob(fd: i32) -> u8 {
     let mut b = 0u8;
-    // SAFETY: a one-byte live buffer.
+    // SAFETY: (FFI) a one-byte live buffer.
     let n = unsafe { libc::recv(fd, (&mut b as *mut u8).cast(), 1, libc::MSG_OOB) };
     assert_eq!(n, 1, "{}", io::Error::last_os_error());
     b

@@ -145,7 +145,7 @@ fn read_nonblocking(fd: &OwnedFd, max: usize) -> usize {
     let mut total = 0;
     while total < max {
         let want = (max - total).min(buf.len());
-        // SAFETY: `buf` is a live, writable buffer of at least `want` bytes.
+        // SAFETY: (FFI) `buf` is a live, writable buffer of at least `want` bytes.
         let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), want) };
         if n < 0 {
             let e = io::Error::last_os_error();

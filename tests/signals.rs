@@ -115,7 +115,7 @@ fn new_loop(choice: BackendChoice) -> Loop {
 
 /// Sends `sig` to this process (not to a thread).
 fn kill_self(sig: i32) {
-    // SAFETY: kill takes no pointers; every signal these tests send is watched by fdloop (or
+    // SAFETY: (FFI) kill takes no pointers; every signal these tests send is watched by fdloop (or
     // ignored by the child that sends it), so it does not terminate the process.
     let r = unsafe { libc::kill(libc::getpid(), sig) };
     assert_eq!(r, 0, "kill: {}", io::Error::last_os_error());

@@ -110,21 +110,21 @@ fn fit_fd_limit(conns: usize) -> usize {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: `lim` is a writable rlimit.
+    // SAFETY: (FFI) `lim` is a writable rlimit.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
     if lim.rlim_max < need {
         let raised = libc::rlimit {
             rlim_cur: need,
             rlim_max: need,
         };
-        // SAFETY: a valid rlimit; raising the hard limit needs CAP_SYS_RESOURCE, and failing is
-        // handled below.
+        // SAFETY: (FFI) a valid rlimit; raising the hard limit needs CAP_SYS_RESOURCE, and failing
+        // is handled below.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             lim = raised;
         }
     }
     lim.rlim_cur = need.min(lim.rlim_max);
-    // SAFETY: a valid rlimit within the hard limit.
+    // SAFETY: (FFI) a valid rlimit within the hard limit.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
     let fit = (lim.rlim_cur.saturating_sub(256) / 2) as usize;
     if fit < conns {
@@ -484,10 +484,10 @@ struct Client {
 }
 
 fn tcp_socket() -> OwnedFd {
-    // SAFETY: socket() takes no pointers; the result is checked.
+    // SAFETY: (FFI) socket() takes no pointers; the result is checked.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
-    // SAFETY: a fresh fd that nothing else owns.
+    // SAFETY: (FFI) a fresh fd that nothing else owns.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
@@ -678,7 +678,7 @@ fn set_linger_zero(fd: &OwnedFd) {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: `value` is a live linger and the length says so.
+    // SAFETY: (FFI) `value` is a live linger and the length says so.
     unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),

@@ -76,7 +76,7 @@ impl Args {
 /// Pins the calling thread to `cpu` (the runner pins whole processes with `taskset`; the
 /// criterion benches pin their threads with this).
 pub fn pin_thread(cpu: usize) -> io::Result<()> {
-    // SAFETY: `set` is a plain bit set, zero-initialised, that lives across the call.
+    // SAFETY: (FFI) `set` is a plain bit set, zero-initialised, that lives across the call.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
@@ -100,7 +100,7 @@ pub fn ready(addr: SocketAddr) {
 pub fn listen(addr: &str) -> io::Result<std::net::TcpListener> {
     let l = std::net::TcpListener::bind(addr)?;
     // Listening again on a listening socket only changes its backlog (clamped by the kernel).
-    // SAFETY: a plain syscall on an fd that `l` owns.
+    // SAFETY: (FFI) a plain syscall on an fd that `l` owns.
     if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 65535) } != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -122,7 +122,7 @@ pub fn backend_arg(args: &Args) -> fdloop::BackendChoice {
 /// Raises `RLIMIT_NOFILE` to at least `want` (up to the hard limit, which root may raise to
 /// `fs.nr_open`). Returns the new soft limit.
 pub fn raise_nofile(want: u64) -> io::Result<u64> {
-    // SAFETY: `lim` is a plain struct that lives across the calls.
+    // SAFETY: (FFI) `lim` is a plain struct that lives across the calls.
     unsafe {
         let mut lim: libc::rlimit = std::mem::zeroed();
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
@@ -160,7 +160,7 @@ pub fn proc_status(path: &str, field: &str) -> Option<u64> {
 
 /// CPU time (user + system) of the whole process, in microseconds (`getrusage`).
 pub fn process_cpu_us() -> u64 {
-    // SAFETY: `ru` is a plain struct that lives across the call.
+    // SAFETY: (FFI) `ru` is a plain struct that lives across the call.
     unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
         libc::getrusage(libc::RUSAGE_SELF, &mut ru);
@@ -173,7 +173,7 @@ pub fn process_cpu_us() -> u64 {
 /// Nagle's algorithm never delays a small echo).
 pub fn set_nodelay(fd: std::os::fd::RawFd) {
     let one: libc::c_int = 1;
-    // SAFETY: `one` is a live c_int and the length says so; a failure is harmless here.
+    // SAFETY: (FFI) `one` is a live c_int and the length says so; a failure is harmless here.
     unsafe {
         libc::setsockopt(
             fd,

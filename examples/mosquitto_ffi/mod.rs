@@ -116,7 +116,7 @@ extern "C" {
 pub fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
-        // SAFETY: no argument; called once, before any other libmosquitto function.
+        // SAFETY: (FFI) no argument; called once, before any other libmosquitto function.
         unsafe { mosquitto_lib_init() };
     });
 }
@@ -124,7 +124,7 @@ pub fn init() {
 /// Releases libmosquitto's global state. Call it at most once, at the end of `main`, after
 /// every [`Client`] is dropped.
 pub fn cleanup() {
-    // SAFETY: no argument; the caller promises that no client is alive any more.
+    // SAFETY: (FFI) no argument; the caller promises that no client is alive any more.
     unsafe { mosquitto_lib_cleanup() };
 }
 
@@ -133,7 +133,8 @@ pub fn mosq_error(rc: c_int) -> io::Error {
     if rc == MOSQ_ERR_ERRNO {
         return io::Error::last_os_error();
     }
-    // SAFETY: mosquitto_strerror accepts any value and returns a static NUL-terminated string.
+    // SAFETY: (FFI) mosquitto_strerror accepts any value and returns a static NUL-terminated
+    // string.
     let text = unsafe { CStr::from_ptr(mosquitto_strerror(rc)) }.to_string_lossy();
     let kind = match rc {
         MOSQ_ERR_NO_CONN => io::ErrorKind::NotConnected,
@@ -178,27 +179,29 @@ struct Queue {
 ///
 /// # Safety
 ///
-/// `obj` is the pointer passed to `mosquitto_new` by [`Client::new`]: the `Rc<Queue>` it points
-/// into lives as long as the `struct mosquitto`.
+/// (FFI) `obj` must be the pointer passed to `mosquitto_new` by [`Client::new`]: the
+/// `Rc<Queue>` it points into lives as long as the `struct mosquitto`.
 unsafe fn queue<'a>(obj: *mut c_void) -> &'a Queue {
-    // SAFETY: forwarded from this function's contract; `Queue` is only ever shared.
+    // SAFETY: (FFI) forwarded from this function's contract; `Queue` is only ever shared.
     unsafe { &*obj.cast::<Queue>() }
 }
 
 unsafe extern "C" fn on_connect(_mosq: *mut Mosquitto, obj: *mut c_void, rc: c_int) {
-    // SAFETY: libmosquitto passes back the `obj` given to mosquitto_new (see `queue`).
+    // SAFETY: (FFI) libmosquitto passes back the `obj` given to mosquitto_new (see `queue`).
     let q = unsafe { queue(obj) };
     q.events.borrow_mut().push_back(Event::Connected(rc));
 }
 
 unsafe extern "C" fn on_disconnect(_mosq: *mut Mosquitto, obj: *mut c_void, rc: c_int) {
-    // SAFETY: as in `on_connect`.
+    // SAFETY: (FFI) libmosquitto passes back the `obj` given to mosquitto_new, which points into
+    // the client's live `Queue` (see `queue`).
     let q = unsafe { queue(obj) };
     q.events.borrow_mut().push_back(Event::Disconnected(rc));
 }
 
 unsafe extern "C" fn on_publish(_mosq: *mut Mosquitto, obj: *mut c_void, mid: c_int) {
-    // SAFETY: as in `on_connect`.
+    // SAFETY: (FFI) libmosquitto passes back the `obj` given to mosquitto_new, which points into
+    // the client's live `Queue` (see `queue`).
     let q = unsafe { queue(obj) };
     q.events.borrow_mut().push_back(Event::Published(mid));
 }
@@ -208,21 +211,22 @@ unsafe extern "C" fn on_message(
     obj: *mut c_void,
     msg: *const MosquittoMessage,
 ) {
-    // SAFETY: as in `on_connect`.
+    // SAFETY: (FFI) libmosquitto passes back the `obj` given to mosquitto_new, which points into
+    // the client's live `Queue` (see `queue`).
     let q = unsafe { queue(obj) };
-    // SAFETY: libmosquitto passes a valid message that lives for the duration of the call.
+    // SAFETY: (FFI) libmosquitto passes a valid message that lives for the duration of the call.
     let msg = unsafe { &*msg };
     let topic = if msg.topic.is_null() {
         String::new()
     } else {
-        // SAFETY: a non-null topic is a NUL-terminated string owned by the message.
+        // SAFETY: (FFI) a non-null topic is a NUL-terminated string owned by the message.
         unsafe { CStr::from_ptr(msg.topic) }
             .to_string_lossy()
             .into_owned()
     };
     let payload = match usize::try_from(msg.payloadlen) {
         Ok(len) if len > 0 && !msg.payload.is_null() => {
-            // SAFETY: the payload is `payloadlen` readable bytes owned by the message.
+            // SAFETY: (FFI) the payload is `payloadlen` readable bytes owned by the message.
             unsafe { std::slice::from_raw_parts(msg.payload.cast::<u8>(), len) }.to_vec()
         }
         _ => Vec::new(),
@@ -261,11 +265,11 @@ impl Client {
         let id = c_string(id)?;
         let queue = Rc::new(Queue::default());
         let obj = Rc::as_ptr(&queue).cast_mut().cast::<c_void>();
-        // SAFETY: `id` is a NUL-terminated string (libmosquitto copies it); `obj` points into
+        // SAFETY: (FFI) `id` is a NUL-terminated string (libmosquitto copies it); `obj` points into
         // `queue`, which the client keeps alive until after mosquitto_destroy.
         let mosq = unsafe { mosquitto_new(id.as_ptr(), true, obj) };
         let mosq = NonNull::new(mosq).ok_or_else(io::Error::last_os_error)?;
-        // SAFETY: `mosq` is a live client; the callbacks match the C prototypes.
+        // SAFETY: (FFI) `mosq` is a live client; the callbacks match the C prototypes.
         unsafe {
             mosquitto_connect_callback_set(mosq.as_ptr(), Some(on_connect));
             mosquitto_disconnect_callback_set(mosq.as_ptr(), Some(on_disconnect));
@@ -296,7 +300,7 @@ impl Client {
     pub fn connect(&mut self, host: &str, port: u16, keepalive_secs: u16) -> io::Result<()> {
         let host = c_string(host)?;
         self.stay_connected = true;
-        // SAFETY: a live client and a NUL-terminated host (copied by libmosquitto).
+        // SAFETY: (FFI) a live client and a NUL-terminated host (copied by libmosquitto).
         let rc = unsafe {
             mosquitto_connect_async(
                 self.mosq.as_ptr(),
@@ -319,7 +323,7 @@ impl Client {
     /// `NotConnected` when not connected.
     pub fn disconnect(&mut self) -> io::Result<()> {
         self.stay_connected = false;
-        // SAFETY: a live client.
+        // SAFETY: (FFI) a live client.
         check(unsafe { mosquitto_disconnect(self.mosq.as_ptr()) })
     }
 
@@ -331,7 +335,7 @@ impl Client {
     pub fn subscribe(&mut self, pattern: &str, qos: i32) -> io::Result<i32> {
         let pattern = c_string(pattern)?;
         let mut mid = 0;
-        // SAFETY: a live client, a writable `mid`, a NUL-terminated pattern (copied).
+        // SAFETY: (FFI) a live client, a writable `mid`, a NUL-terminated pattern (copied).
         check(unsafe { mosquitto_subscribe(self.mosq.as_ptr(), &mut mid, pattern.as_ptr(), qos) })?;
         Ok(mid)
     }
@@ -354,7 +358,7 @@ impl Client {
         let len = c_int::try_from(payload.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "payload too large"))?;
         let mut mid = 0;
-        // SAFETY: a live client, a writable `mid`, a NUL-terminated topic, and `len` readable
+        // SAFETY: (FFI) a live client, a writable `mid`, a NUL-terminated topic, and `len` readable
         // bytes at `payload` (libmosquitto copies them before returning).
         check(unsafe {
             mosquitto_publish(
@@ -372,7 +376,7 @@ impl Client {
 
     /// Whether the client has a socket (connected or connecting).
     pub fn has_socket(&self) -> bool {
-        // SAFETY: a live client.
+        // SAFETY: (FFI) a live client.
         unsafe { mosquitto_socket(self.mosq.as_ptr()) >= 0 }
     }
 
@@ -413,23 +417,23 @@ impl Client {
 
 impl ExternalSource for Client {
     fn fd(&mut self) -> Option<RawFd> {
-        // SAFETY: a live client.
+        // SAFETY: (FFI) a live client.
         let fd = unsafe { mosquitto_socket(self.mosq.as_ptr()) };
         (fd >= 0).then_some(fd)
     }
 
     fn on_readable(&mut self, lp: &Loop) -> io::Result<()> {
-        // SAFETY: a live client, used from one thread only.
+        // SAFETY: (FFI) a live client, used from one thread only.
         self.call(lp, |m| unsafe { mosquitto_loop_read(m, 1) }).1
     }
 
     fn on_writable(&mut self, lp: &Loop) -> io::Result<()> {
-        // SAFETY: a live client, used from one thread only.
+        // SAFETY: (FFI) a live client, used from one thread only.
         self.call(lp, |m| unsafe { mosquitto_loop_write(m, 1) }).1
     }
 
     fn wants_write(&mut self) -> bool {
-        // SAFETY: a live client.
+        // SAFETY: (FFI) a live client.
         unsafe { mosquitto_want_write(self.mosq.as_ptr()) }
     }
 
@@ -438,12 +442,12 @@ impl ExternalSource for Client {
             if self.stay_connected {
                 self.reconnect_attempts += 1;
                 // A refused attempt (the broker is down) is retried at the next housekeeping.
-                // SAFETY: a live client whose host and port were set by `connect`.
+                // SAFETY: (FFI) a live client whose host and port were set by `connect`.
                 let _ = self.call(lp, |m| unsafe { mosquitto_reconnect_async(m) });
             }
             return Ok(());
         }
-        // SAFETY: a live client, used from one thread only.
+        // SAFETY: (FFI) a live client, used from one thread only.
         match self.call(lp, |m| unsafe { mosquitto_loop_misc(m) }) {
             (MOSQ_ERR_NO_CONN, _) => Ok(()),
             (_, result) => result,
@@ -460,7 +464,7 @@ impl ExternalSource for Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        // SAFETY: the client is live and dropped once; the queue it points to is freed after
+        // SAFETY: (FFI) the client is live and dropped once; the queue it points to is freed after
         // this (field drop order), so no callback can see a dangling `obj`.
         unsafe { mosquitto_destroy(self.mosq.as_ptr()) };
     }

@@ -81,9 +81,9 @@ impl EventFd {
         if semaphore {
             flags |= libc::EFD_SEMAPHORE;
         }
-        // SAFETY: eventfd takes no pointers.
+        // SAFETY: (FFI) eventfd takes no pointers.
         let fd = cvt(unsafe { libc::eventfd(initial, flags) })?;
-        // SAFETY: eventfd returned a fresh fd that nothing else owns.
+        // SAFETY: (FFI) eventfd returned a fresh fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(EventFd {
             fd: LoopFd::new(fd),
@@ -135,7 +135,7 @@ impl EventFd {
             ));
         }
         let bytes = value.to_ne_bytes();
-        // SAFETY: `bytes` is a live 8-byte buffer for the duration of the call.
+        // SAFETY: (FFI) `bytes` is a live 8-byte buffer for the duration of the call.
         let n = unsafe { libc::write(self.as_raw_fd(), bytes.as_ptr().cast(), 8) };
         if n < 0 {
             return Err(io::Error::last_os_error());
@@ -169,7 +169,7 @@ impl EventFd {
     /// `WouldBlock` when the counter is zero.
     pub fn try_read(&self) -> io::Result<u64> {
         let mut bytes = [0u8; 8];
-        // SAFETY: `bytes` is a live writable 8-byte buffer for the duration of the call.
+        // SAFETY: (FFI) `bytes` is a live writable 8-byte buffer for the duration of the call.
         let n = unsafe { libc::read(self.as_raw_fd(), bytes.as_mut_ptr().cast(), 8) };
         if n < 0 {
             return Err(io::Error::last_os_error());

@@ -385,7 +385,7 @@ impl Pending {
             response: response.bits(),
         };
         let len = std::mem::size_of::<libc::fanotify_response>();
-        // SAFETY: `msg` is a live `fanotify_response` of `len` bytes; the group fd is open
+        // SAFETY: (FFI) `msg` is a live `fanotify_response` of `len` bytes; the group fd is open
         // while `self.group` is held.
         let n = unsafe {
             libc::write(
@@ -667,7 +667,7 @@ impl Fanotify {
     pub fn new(class: Class, flags: InitFlags) -> io::Result<Fanotify> {
         let init = class.bits() | flags.bits() | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK;
         let event_f_flags = (libc::O_RDONLY | libc::O_CLOEXEC) as libc::c_uint;
-        // SAFETY: no pointers.
+        // SAFETY: (FFI) no pointers.
         let raw = unsafe { libc::fanotify_init(init, event_f_flags) };
         if raw < 0 {
             let e = io::Error::last_os_error();
@@ -689,14 +689,14 @@ impl Fanotify {
                 format!("fanotify_init: {e}{hint}"),
             ));
         }
-        // SAFETY: fanotify_init returned a fresh fd that nothing else owns.
+        // SAFETY: (FFI) fanotify_init returned a fresh fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let responder = match class {
             Class::Notification => None,
             Class::Content | Class::PreContent => {
-                // SAFETY: F_DUPFD_CLOEXEC takes no pointer; `fd` is open.
+                // SAFETY: (FFI) F_DUPFD_CLOEXEC takes no pointer; `fd` is open.
                 let dup = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
-                // SAFETY: a fresh fd that nothing else owns.
+                // SAFETY: (FFI) a fresh fd that nothing else owns.
                 Some(Arc::new(unsafe { OwnedFd::from_raw_fd(dup) }))
             }
         };
@@ -724,7 +724,7 @@ impl Fanotify {
             None => None,
         };
         let ptr = c_path.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
-        // SAFETY: `ptr` is null (FAN_MARK_FLUSH ignores the path) or a NUL-terminated string
+        // SAFETY: (FFI) `ptr` is null (FAN_MARK_FLUSH ignores the path) or a NUL-terminated string
         // that outlives the call; the fd is ours.
         let r = unsafe {
             libc::fanotify_mark(self.fd.as_raw_fd(), flags, mask.bits(), libc::AT_FDCWD, ptr)
@@ -837,7 +837,7 @@ impl Fanotify {
     /// allowed).
     pub fn try_read_events(&mut self) -> io::Result<Vec<Event>> {
         let n = self.read_raw()?;
-        // SAFETY: the `u64` buffer is `len * 8` initialised bytes; `u8` has no alignment or
+        // SAFETY: (FFI) the `u64` buffer is `len * 8` initialised bytes; `u8` has no alignment or
         // validity requirement, and the shared borrow of `self.buf` lasts as long as `bytes`.
         let bytes = unsafe {
             std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), self.buf.len() * 8)
@@ -863,7 +863,7 @@ impl Fanotify {
     /// Turns a record that the kernel just wrote into an event that owns its fd.
     fn adopt(&self, raw: RawEvent<'_>) -> Event {
         let fd = (raw.fd >= 0).then(|| {
-            // SAFETY: the kernel installed this fd in this process for this record, which is
+            // SAFETY: (FFI) the kernel installed this fd in this process for this record, which is
             // decoded exactly once; nothing else owns it.
             unsafe { OwnedFd::from_raw_fd(raw.fd) }
         });
@@ -938,7 +938,7 @@ impl Fanotify {
     fn read_raw(&mut self) -> io::Result<usize> {
         let len = self.buf.len() * 8;
         loop {
-            // SAFETY: the buffer is `len` writable bytes owned by `self`; the fd is ours.
+            // SAFETY: (FFI) the buffer is `len` writable bytes owned by `self`; the fd is ours.
             let n = unsafe {
                 libc::read(
                     self.fd.as_raw_fd(),

@@ -382,7 +382,7 @@ impl Inotify {
                 ),
             )
         })?;
-        // SAFETY: `c_path` is a NUL-terminated string that outlives the call; the fd is ours.
+        // SAFETY: (FFI) `c_path` is a NUL-terminated string that outlives the call; the fd is ours.
         let wd =
             unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c_path.as_ptr(), mask.bits()) };
         if wd < 0 {
@@ -413,7 +413,7 @@ impl Inotify {
     /// `InvalidInput` when `id` is not an active watch of this instance (never added, or
     /// already gone).
     pub fn remove_watch(&mut self, id: WatchId) -> io::Result<()> {
-        // SAFETY: no pointers; the fd is ours.
+        // SAFETY: (FFI) no pointers; the fd is ours.
         let r = unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), id.0) };
         if r < 0 {
             let e = io::Error::last_os_error();
@@ -501,7 +501,7 @@ impl Inotify {
     fn read_raw(&mut self) -> io::Result<usize> {
         let len = self.buf.len() * 8;
         loop {
-            // SAFETY: the buffer is `len` writable bytes owned by `self`; the fd is ours.
+            // SAFETY: (FFI) the buffer is `len` writable bytes owned by `self`; the fd is ours.
             let n = unsafe {
                 libc::read(
                     self.fd.as_raw_fd(),
@@ -521,7 +521,7 @@ impl Inotify {
 
     /// Turns the first `n` bytes of the buffer into events and keeps the watch map current.
     fn convert(&mut self, n: usize) -> Vec<Event> {
-        // SAFETY: the `u64` buffer is `len * 8` initialised bytes; `u8` has no alignment or
+        // SAFETY: (FFI) the `u64` buffer is `len * 8` initialised bytes; `u8` has no alignment or
         // validity requirement, and the shared borrow of `self.buf` lasts as long as `bytes`.
         let bytes = unsafe {
             std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), self.buf.len() * 8)

@@ -101,9 +101,9 @@ fn open_path(path: &Path, flags: i32) -> io::Result<OwnedFd> {
             format!("{}: path contains a NUL byte", path.display()),
         )
     })?;
-    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    // SAFETY: (FFI) `c` is a NUL-terminated path that outlives the call.
     let fd = cvt(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) })?;
-    // SAFETY: open returned a fresh fd that nothing else owns.
+    // SAFETY: (FFI) open returned a fresh fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -184,7 +184,7 @@ impl Attribute {
 
     fn pread(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         loop {
-            // SAFETY: `buf` is a live writable buffer of `buf.len()` bytes for the call.
+            // SAFETY: (FFI) `buf` is a live writable buffer of `buf.len()` bytes for the call.
             let n = unsafe {
                 libc::pread(
                     self.fd.as_raw_fd(),
@@ -212,7 +212,7 @@ impl Attribute {
     /// refuses the value; `WriteZero` when the kernel took only part of it.
     pub fn write_value(&self, value: &str) -> io::Result<()> {
         loop {
-            // SAFETY: `value` is a live buffer of `value.len()` bytes for the call.
+            // SAFETY: (FFI) `value` is a live buffer of `value.len()` bytes for the call.
             let n =
                 unsafe { libc::pwrite(self.fd.as_raw_fd(), value.as_ptr().cast(), value.len(), 0) };
             if n < 0 {

@@ -116,25 +116,25 @@ pub use settings::{ClearBuffer, DataBits, FlowControl, Parity, Settings, StopBit
 /// `ENOENT` without `/dev/ptmx`).
 pub fn pty_pair() -> io::Result<(SerialPort, SerialPort)> {
     let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK;
-    // SAFETY: posix_openpt takes no pointers.
+    // SAFETY: (FFI) posix_openpt takes no pointers.
     let master = cvt(unsafe { libc::posix_openpt(flags) })?;
-    // SAFETY: a fresh fd that nothing else owns.
+    // SAFETY: (FFI) a fresh fd that nothing else owns.
     let master = unsafe { OwnedFd::from_raw_fd(master) };
-    // SAFETY: grantpt and unlockpt take no pointers.
+    // SAFETY: (FFI) grantpt and unlockpt take no pointers.
     cvt(unsafe { libc::grantpt(master.as_raw_fd()) })?;
-    // SAFETY: as above.
+    // SAFETY: (FFI) unlockpt takes an int fd, no pointer; `master` is an open pty master we own.
     cvt(unsafe { libc::unlockpt(master.as_raw_fd()) })?;
     let mut name = [0u8; 128];
-    // SAFETY: `name` is a live writable buffer of the given length.
+    // SAFETY: (FFI) `name` is a live writable buffer of the given length.
     let r = unsafe { libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr().cast(), name.len()) };
     if r != 0 {
         return Err(io::Error::from_raw_os_error(r));
     }
     let cname = std::ffi::CStr::from_bytes_until_nul(&name)
         .map_err(|_| io::Error::other("ptsname_r returned an unterminated name"))?;
-    // SAFETY: `cname` is a NUL-terminated string that outlives the call.
+    // SAFETY: (FFI) `cname` is a NUL-terminated string that outlives the call.
     let slave = cvt(unsafe { libc::open(cname.as_ptr(), flags) })?;
-    // SAFETY: a fresh fd that nothing else owns.
+    // SAFETY: (FFI) a fresh fd that nothing else owns.
     let slave = unsafe { OwnedFd::from_raw_fd(slave) };
     let path = PathBuf::from(cname.to_str().map_err(io::Error::other)?);
     settings::make_raw(slave.as_raw_fd(), &path.display().to_string())?;

@@ -36,7 +36,7 @@
 //!
 //! let set = SigSet::from_signals(&[Signal::INT, Signal::TERM]);
 //! let mut cmd = Command::new("true");
-//! // SAFETY: SigSet::unblock only calls pthread_sigmask, which is async-signal-safe, and
+//! // SAFETY: (FFI) SigSet::unblock only calls pthread_sigmask, which is async-signal-safe, and
 //! // neither allocates nor takes locks.
 //! unsafe { cmd.pre_exec(move || set.unblock()) };
 //! assert!(cmd.status()?.success());
@@ -61,7 +61,7 @@
 //! let lp = Loop::new()?;
 //! let sfd = SignalFd::new(&set)?;
 //! let reader = lp.spawn(move || sfd.read().unwrap()); // suspends until a signal arrives
-//! // SAFETY: kill takes no pointers.
+//! // SAFETY: (FFI) kill takes no pointers.
 //! unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
 //! lp.run()?;
 //! let info = reader.join().unwrap();
@@ -93,7 +93,7 @@ impl SigSet {
     /// The empty set.
     pub fn empty() -> SigSet {
         let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-        // SAFETY: sigemptyset initialises the whole sigset_t it is given.
+        // SAFETY: (FFI) sigemptyset initialises the whole sigset_t it is given.
         unsafe {
             libc::sigemptyset(set.as_mut_ptr());
             SigSet(set.assume_init())
@@ -111,7 +111,7 @@ impl SigSet {
 
     /// Adds `signal`.
     pub fn add(&mut self, signal: Signal) {
-        // SAFETY: `self.0` is an initialised sigset_t and `signal` a valid signal number
+        // SAFETY: (FFI) `self.0` is an initialised sigset_t and `signal` a valid signal number
         // (guaranteed by `Signal`), so sigaddset cannot fail.
         unsafe { libc::sigaddset(&mut self.0, signal.as_raw()) };
     }
@@ -124,7 +124,8 @@ impl SigSet {
 
     /// Removes `signal`.
     pub fn remove(&mut self, signal: Signal) {
-        // SAFETY: as in `add`.
+        // SAFETY: (FFI) `self.0` is an initialised sigset_t and `signal` a valid signal number
+        // (guaranteed by `Signal`), so sigdelset cannot fail.
         unsafe { libc::sigdelset(&mut self.0, signal.as_raw()) };
     }
 
@@ -134,7 +135,7 @@ impl SigSet {
     }
 
     fn contains_raw(&self, signum: i32) -> bool {
-        // SAFETY: `self.0` is an initialised sigset_t; sigismember only reads it.
+        // SAFETY: (FFI) `self.0` is an initialised sigset_t; sigismember only reads it.
         unsafe { libc::sigismember(&self.0, signum) == 1 }
     }
 
@@ -157,7 +158,7 @@ impl SigSet {
     /// None in practice (`pthread_sigmask(3)` errors).
     pub fn blocked_in_this_thread() -> io::Result<SigSet> {
         let mut old = SigSet::empty();
-        // SAFETY: a null new set only queries; `old.0` is a writable sigset_t.
+        // SAFETY: (FFI) a null new set only queries; `old.0` is a writable sigset_t.
         let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut old.0) };
         if r != 0 {
             return Err(io::Error::from_raw_os_error(r));
@@ -173,7 +174,7 @@ impl SigSet {
     ///
     /// None in practice (`pthread_sigmask(3)` errors).
     pub fn unblock(&self) -> io::Result<()> {
-        // SAFETY: `self.0` is an initialised sigset_t; a null old-set pointer is allowed.
+        // SAFETY: (FFI) `self.0` is an initialised sigset_t; a null old-set pointer is allowed.
         let r = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &self.0, std::ptr::null_mut()) };
         if r != 0 {
             return Err(io::Error::from_raw_os_error(r));
@@ -226,7 +227,7 @@ impl FromIterator<Signal> for SigSet {
 /// None in practice (`pthread_sigmask(3)` errors).
 pub fn block_in_this_thread(set: &SigSet) -> io::Result<SigSetGuard> {
     let mut old = SigSet::empty();
-    // SAFETY: `set.0` is an initialised sigset_t and `old.0` a writable one.
+    // SAFETY: (FFI) `set.0` is an initialised sigset_t and `old.0` a writable one.
     let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set.0, &mut old.0) };
     if r != 0 {
         return Err(io::Error::from_raw_os_error(r));
@@ -262,7 +263,7 @@ impl fmt::Debug for SigSetGuard {
 
 impl Drop for SigSetGuard {
     fn drop(&mut self) {
-        // SAFETY: `self.old.0` is an initialised sigset_t; a null old-set pointer is allowed.
+        // SAFETY: (FFI) `self.old.0` is an initialised sigset_t; a null old-set pointer is allowed.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old.0, std::ptr::null_mut()) };
     }
 }
@@ -349,12 +350,12 @@ impl SignalFd {
     ///
     /// `signalfd(2)` errors: `EMFILE`/`ENFILE` when out of fds.
     pub fn new(set: &SigSet) -> io::Result<SignalFd> {
-        // SAFETY: `set.0` is an initialised sigset_t that outlives the call.
+        // SAFETY: (FFI) `set.0` is an initialised sigset_t that outlives the call.
         let fd = unsafe { libc::signalfd(-1, &set.0, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: signalfd returned a fresh fd that nothing else owns.
+        // SAFETY: (FFI) signalfd returned a fresh fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(SignalFd {
             fd: LoopFd::new(fd),
@@ -368,7 +369,7 @@ impl SignalFd {
     ///
     /// `signalfd(2)` errors (none in practice).
     pub fn set_mask(&self, set: &SigSet) -> io::Result<()> {
-        // SAFETY: `set.0` is an initialised sigset_t; the fd is a signalfd owned by `self`.
+        // SAFETY: (FFI) `set.0` is an initialised sigset_t; the fd is a signalfd owned by `self`.
         let r = unsafe { libc::signalfd(self.as_raw_fd(), &set.0, 0) };
         if r < 0 {
             return Err(io::Error::last_os_error());
@@ -413,9 +414,10 @@ impl SignalFd {
     /// `WouldBlock` when none of the signals is pending.
     pub fn try_read(&self) -> io::Result<SigInfo> {
         const SIZE: usize = mem::size_of::<libc::signalfd_siginfo>();
-        // SAFETY: signalfd_siginfo is plain old data; all-zero is a valid value.
+        // SAFETY: (FFI) signalfd_siginfo is plain old data; all-zero is a valid value.
         let mut raw: libc::signalfd_siginfo = unsafe { mem::zeroed() };
-        // SAFETY: `raw` is a live, writable buffer of SIZE bytes for the duration of the call.
+        // SAFETY: (FFI) `raw` is a live, writable buffer of SIZE bytes for the duration of the
+        // call.
         let n = unsafe {
             libc::read(
                 self.as_raw_fd(),

@@ -71,9 +71,9 @@ impl Clock {
     /// `clock_gettime(2)` errors (none in practice).
     pub fn now(self) -> io::Result<Duration> {
         let mut ts = MaybeUninit::<libc::timespec>::uninit();
-        // SAFETY: `ts` is a writable timespec for the duration of the call.
+        // SAFETY: (FFI) `ts` is a writable timespec for the duration of the call.
         cvt(unsafe { libc::clock_gettime(self.id(), ts.as_mut_ptr()) })?;
-        // SAFETY: clock_gettime succeeded and filled `ts`.
+        // SAFETY: (FFI) clock_gettime succeeded and filled `ts`.
         Ok(from_timespec(unsafe { ts.assume_init() }))
     }
 }
@@ -161,11 +161,11 @@ impl TimerFd {
     ///
     /// `timerfd_create(2)` errors: `EMFILE`/`ENFILE` when out of fds.
     pub fn new(clock: Clock) -> io::Result<TimerFd> {
-        // SAFETY: timerfd_create takes no pointers.
+        // SAFETY: (FFI) timerfd_create takes no pointers.
         let fd = cvt(unsafe {
             libc::timerfd_create(clock.id(), libc::TFD_CLOEXEC | libc::TFD_NONBLOCK)
         })?;
-        // SAFETY: timerfd_create returned a fresh fd that nothing else owns.
+        // SAFETY: (FFI) timerfd_create returned a fresh fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(TimerFd {
             fd: LoopFd::new(fd),
@@ -235,7 +235,8 @@ impl TimerFd {
     }
 
     fn settime(&self, flags: i32, new: &libc::itimerspec) -> io::Result<()> {
-        // SAFETY: `new` is a valid itimerspec for the call; the old-value pointer may be null.
+        // SAFETY: (FFI) `new` is a valid itimerspec for the call; the old-value pointer may be
+        // null.
         cvt(unsafe { libc::timerfd_settime(self.as_raw_fd(), flags, new, std::ptr::null_mut()) })
             .map(drop)
     }
@@ -249,9 +250,9 @@ impl TimerFd {
     /// None in practice (`timerfd_gettime(2)` errors).
     pub fn get(&self) -> io::Result<Option<TimerSpec>> {
         let mut cur = MaybeUninit::<libc::itimerspec>::uninit();
-        // SAFETY: `cur` is a writable itimerspec for the duration of the call.
+        // SAFETY: (FFI) `cur` is a writable itimerspec for the duration of the call.
         cvt(unsafe { libc::timerfd_gettime(self.as_raw_fd(), cur.as_mut_ptr()) })?;
-        // SAFETY: timerfd_gettime succeeded and filled `cur`.
+        // SAFETY: (FFI) timerfd_gettime succeeded and filled `cur`.
         let cur = unsafe { cur.assume_init() };
         let first = from_timespec(cur.it_value);
         if first.is_zero() {
@@ -291,7 +292,7 @@ impl TimerFd {
     /// `WouldBlock` when the timer has not expired since the last read.
     pub fn try_wait(&self) -> io::Result<u64> {
         let mut bytes = [0u8; 8];
-        // SAFETY: `bytes` is a live writable 8-byte buffer for the duration of the call.
+        // SAFETY: (FFI) `bytes` is a live writable 8-byte buffer for the duration of the call.
         let n = unsafe { libc::read(self.as_raw_fd(), bytes.as_mut_ptr().cast(), 8) };
         if n < 0 {
             return Err(io::Error::last_os_error());

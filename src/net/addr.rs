@@ -191,9 +191,9 @@ fn sockaddr_un(
     bytes: &[u8],
     abstract_name: bool,
 ) -> io::Result<(libc::sockaddr_storage, libc::socklen_t)> {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    // SAFETY: (FFI) sockaddr_storage is plain old data; all-zero is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_un, and the
+    // SAFETY: (FFI) sockaddr_storage is larger than and suitably aligned for sockaddr_un, and the
     // reference does not outlive `storage`.
     let sun =
         unsafe { &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_un>() };
@@ -260,11 +260,11 @@ pub(crate) fn unix_addr_from(
     if len <= offset || i32::from(storage.ss_family) != libc::AF_UNIX {
         return unnamed();
     }
-    // SAFETY: the family says the storage holds a sockaddr_un; storage is large enough and
+    // SAFETY: (FFI) the family says the storage holds a sockaddr_un; storage is large enough and
     // aligned for it.
     let sun = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_un>() };
     let n = (len - offset).min(sun.sun_path.len());
-    // SAFETY: `c_char` and `u8` have the same size and alignment, and the first `n` elements
+    // SAFETY: (FFI) `c_char` and `u8` have the same size and alignment, and the first `n` elements
     // of `sun_path` are initialised memory borrowed from `storage`.
     let bytes: &[u8] = unsafe { std::slice::from_raw_parts(sun.sun_path.as_ptr().cast(), n) };
     match bytes.split_first() {
@@ -307,7 +307,7 @@ mod tests {
         let back = unix_addr_from(&s2, len2).unwrap();
         assert_eq!(back.as_abstract_name(), a.as_abstract_name());
 
-        // SAFETY: all-zero is a valid sockaddr_storage.
+        // SAFETY: (FFI) all-zero is a valid sockaddr_storage.
         let z: libc::sockaddr_storage = unsafe { mem::zeroed() };
         assert!(unix_addr_from(&z, 0).unwrap().is_unnamed());
         assert!(unnamed().unwrap().is_unnamed());

@@ -28,9 +28,9 @@ impl Socket {
     /// `socket(2)`, close-on-exec and non-blocking.
     pub(crate) fn new(domain: i32, ty: i32) -> io::Result<Socket> {
         let ty = ty | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
-        // SAFETY: socket(2) takes no pointers.
+        // SAFETY: (FFI) socket(2) takes no pointers.
         let fd = cvt(unsafe { libc::socket(domain, ty, 0) })?;
-        // SAFETY: socket(2) returned a fresh fd that nothing else owns.
+        // SAFETY: (FFI) socket(2) returned a fresh fd that nothing else owns.
         Ok(Socket::fresh(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
@@ -38,9 +38,9 @@ impl Socket {
     pub(crate) fn pair(ty: i32) -> io::Result<(Socket, Socket)> {
         let ty = ty | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
         let mut fds = [0; 2];
-        // SAFETY: `fds` is a writable array of two ints.
+        // SAFETY: (FFI) `fds` is a writable array of two ints.
         cvt(unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) })?;
-        // SAFETY: socketpair(2) returned two fresh fds that nothing else owns.
+        // SAFETY: (FFI) socketpair(2) returned two fresh fds that nothing else owns.
         let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         Ok((Socket::fresh(a), Socket::fresh(b)))
     }
@@ -99,9 +99,9 @@ impl Socket {
     /// Calls `f` with the std socket type `S` viewing this fd, for std's option and address
     /// methods (none of which waits on a non-blocking socket).
     pub(crate) fn with_std<S: FromRawFd, R>(&self, f: impl FnOnce(&S) -> R) -> R {
-        // SAFETY: the fd is open for this whole call (it is borrowed from `self`). The std
-        // value never owns it: `ManuallyDrop` keeps it from closing the fd, and `f` gets only
-        // a shared reference, through which it can neither close the fd nor give it away.
+        // SAFETY: (I3, FFI) the fd is open for this whole call (it is borrowed from `self`). The
+        // std value never owns it: `ManuallyDrop` keeps it from closing the fd, and `f` gets only a
+        // shared reference, through which it can neither close the fd nor give it away.
         let s = ManuallyDrop::new(unsafe { S::from_raw_fd(self.raw()) });
         f(&s)
     }
@@ -110,7 +110,7 @@ impl Socket {
 
     /// `setsockopt(2)` with an `int` value.
     pub(crate) fn set_opt(&self, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
-        // SAFETY: `value` is a live `int` and the length says so.
+        // SAFETY: (FFI) `value` is a live `int` and the length says so.
         cvt(unsafe {
             libc::setsockopt(
                 self.raw(),
@@ -127,7 +127,7 @@ impl Socket {
     pub(crate) fn opt(&self, level: i32, name: i32) -> io::Result<libc::c_int> {
         let mut value: libc::c_int = 0;
         let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `value` and `len` are live locals of the sizes the kernel is told about.
+        // SAFETY: (FFI) `value` and `len` are live locals of the sizes the kernel is told about.
         cvt(unsafe {
             libc::getsockopt(
                 self.raw(),
@@ -152,13 +152,13 @@ impl Socket {
         addr: &libc::sockaddr_storage,
         len: libc::socklen_t,
     ) -> io::Result<()> {
-        // SAFETY: `addr` is a valid socket address of `len` bytes for the whole call.
+        // SAFETY: (FFI) `addr` is a valid socket address of `len` bytes for the whole call.
         cvt(unsafe { libc::bind(self.raw(), sockaddr_ptr(addr), len) }).map(drop)
     }
 
     /// `listen(2)` with the largest backlog the kernel allows (`net.core.somaxconn`).
     pub(crate) fn listen(&self) -> io::Result<()> {
-        // SAFETY: listen(2) takes no pointers.
+        // SAFETY: (FFI) listen(2) takes no pointers.
         cvt(unsafe { libc::listen(self.raw(), libc::c_int::MAX) }).map(drop)
     }
 
@@ -168,7 +168,7 @@ impl Socket {
         addr: &libc::sockaddr_storage,
         len: libc::socklen_t,
     ) -> io::Result<()> {
-        // SAFETY: `addr` is a valid socket address of `len` bytes for the whole call.
+        // SAFETY: (FFI) `addr` is a valid socket address of `len` bytes for the whole call.
         cvt(unsafe { libc::connect(self.raw(), sockaddr_ptr(addr), len) }).map(drop)
     }
 
@@ -179,7 +179,7 @@ impl Socket {
             Shutdown::Write => libc::SHUT_WR,
             Shutdown::Both => libc::SHUT_RDWR,
         };
-        // SAFETY: shutdown(2) takes no pointers.
+        // SAFETY: (FFI) shutdown(2) takes no pointers.
         cvt(unsafe { libc::shutdown(self.raw(), how) }).map(drop)
     }
 
@@ -221,7 +221,8 @@ impl Socket {
     ///
     /// # Safety
     ///
-    /// `msg` and everything it points to must be valid for the whole call.
+    /// (I2) `msg` and everything it points to must stay valid and unmoved for the whole call;
+    /// the operation reaches its final completion before this returns.
     pub(crate) unsafe fn recvmsg(
         &self,
         msg: &mut libc::msghdr,
@@ -229,8 +230,9 @@ impl Socket {
         orphan: Option<&dyn Fn(i32)>,
     ) -> io::Result<usize> {
         let t = self.read_timeout();
-        // SAFETY: forwarded from this function's contract; `fiber_io` underneath returns only
-        // after the final completion (I2).
+        // SAFETY: (I2) forwarded from this function's contract (the caller keeps `msg` and what it
+        // points to valid); `fiber_io` underneath returns only after the operation's final
+        // completion.
         unsafe { ops::recvmsg(self.raw(), msg, flags, t, orphan) }
     }
 
@@ -238,12 +240,14 @@ impl Socket {
     ///
     /// # Safety
     ///
-    /// `msg` and everything it points to must be valid for the whole call.
+    /// (I2) `msg` and everything it points to must stay valid and unmoved for the whole call;
+    /// the operation reaches its final completion before this returns.
     pub(crate) unsafe fn sendmsg(&self, msg: &libc::msghdr, flags: i32) -> io::Result<usize> {
         let t = self.write_timeout();
         let flags = flags | libc::MSG_NOSIGNAL;
-        // SAFETY: forwarded from this function's contract; `fiber_io` underneath returns only
-        // after the final completion (I2).
+        // SAFETY: (I2) forwarded from this function's contract (the caller keeps `msg` and what it
+        // points to valid); `fiber_io` underneath returns only after the operation's final
+        // completion.
         unsafe { ops::sendmsg(self.raw(), msg, flags, t) }
     }
 
@@ -253,7 +257,7 @@ impl Socket {
         buf: &mut [u8],
         flags: i32,
     ) -> io::Result<(usize, libc::sockaddr_storage, libc::socklen_t)> {
-        // SAFETY: sockaddr_storage is plain old data; all-zero is a valid (AF_UNSPEC) value.
+        // SAFETY: (FFI) sockaddr_storage is plain old data; all-zero is a valid (AF_UNSPEC) value.
         let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
@@ -264,8 +268,8 @@ impl Socket {
         msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
-        // SAFETY: `msg` points to `storage` and `iov` in this frame and `iov` to `buf`, which
-        // is borrowed for this call; the frame outlives the operation (I2).
+        // SAFETY: (I2) `msg` points to `storage` and `iov` in this frame and `iov` to `buf`, which
+        // is borrowed for this call; the frame outlives the operation's final completion.
         let n = unsafe { self.recvmsg(&mut msg, flags, None) }?;
         let len = msg.msg_namelen;
         Ok((n, storage, len))
@@ -287,15 +291,16 @@ impl Socket {
         msg.msg_namelen = to_len;
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
-        // SAFETY: `msg` points to `iov` in this frame, and to `to` and `buf`, borrowed for
-        // this call; the kernel only reads them, and the frame outlives the operation (I2).
+        // SAFETY: (I2) `msg` points to `iov` in this frame, and to `to` and `buf`, borrowed for
+        // this call; the kernel only reads them, and the frame outlives the operation's final
+        // completion.
         unsafe { self.sendmsg(&msg, 0) }
     }
 
     /// `accept4(2)`: a non-blocking, close-on-exec socket and the peer's address.
     pub(crate) fn accept(&self) -> io::Result<(Socket, libc::sockaddr_storage, libc::socklen_t)> {
         let (fd, addr, len) = ops::accept(self.raw(), libc::SOCK_NONBLOCK, None)?;
-        // SAFETY: accept4(2) returned a fresh fd that nothing else owns.
+        // SAFETY: (FFI) accept4(2) returned a fresh fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok((Socket::fresh(fd), addr, len))
     }
@@ -346,7 +351,8 @@ impl Socket {
         // IoSlice is ABI-compatible with iovec on Unix; the kernel only reads through it.
         msg.msg_iov = bufs.as_ptr().cast_mut().cast();
         msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
-        // SAFETY: `msg` points to `bufs`, borrowed for this call (I2).
+        // SAFETY: (I2) `msg` points to `bufs`, borrowed for this call, which outlives the
+        // operation's final completion.
         unsafe { self.sendmsg(&msg, 0) }
     }
 
@@ -378,10 +384,10 @@ fn forget_in_loop(fd: RawFd) {
 /// have cached for this fd.
 fn make_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     let raw = fd.as_raw_fd();
-    // SAFETY: F_GETFL takes no pointer.
+    // SAFETY: (FFI) F_GETFL takes no pointer.
     let flags = cvt(unsafe { libc::fcntl(raw, libc::F_GETFL) })?;
     if flags & libc::O_NONBLOCK == 0 {
-        // SAFETY: F_SETFL takes an int, no pointer.
+        // SAFETY: (FFI) F_SETFL takes an int, no pointer.
         cvt(unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
         forget_in_loop(raw);
     }
@@ -390,7 +396,7 @@ fn make_nonblocking(fd: &OwnedFd) -> io::Result<()> {
 
 /// An all-zero `msghdr`.
 pub(crate) fn msghdr() -> libc::msghdr {
-    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    // SAFETY: (FFI) msghdr is plain old data; all-zero is a valid empty header.
     unsafe { mem::zeroed() }
 }
 

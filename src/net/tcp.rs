@@ -357,7 +357,7 @@ impl TcpStream {
                 libc::c_int::try_from(d.as_secs()).unwrap_or(libc::c_int::MAX)
             }),
         };
-        // SAFETY: `value` is a live `linger` and the length says so.
+        // SAFETY: (FFI) `value` is a live `linger` and the length says so.
         cvt(unsafe {
             libc::setsockopt(
                 self.sock.raw(),
@@ -381,7 +381,7 @@ impl TcpStream {
             l_linger: 0,
         };
         let mut len = mem::size_of::<libc::linger>() as libc::socklen_t;
-        // SAFETY: `value` and `len` are live locals of the sizes the kernel is told about.
+        // SAFETY: (FFI) `value` and `len` are live locals of the sizes the kernel is told about.
         cvt(unsafe {
             libc::getsockopt(
                 self.sock.raw(),

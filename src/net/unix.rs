@@ -64,7 +64,7 @@ const MAX_FDS: usize = 253;
 
 /// Room for a full `SCM_RIGHTS` message plus other control messages the socket may be set up
 /// to receive (`SCM_CREDENTIALS` …).
-// SAFETY: CMSG_SPACE only computes a size from its argument.
+// SAFETY: (FFI) CMSG_SPACE only computes a size from its argument.
 const CMSG_CAP: usize =
     unsafe { libc::CMSG_SPACE((MAX_FDS * mem::size_of::<RawFd>()) as u32) } as usize + 256;
 
@@ -343,12 +343,12 @@ impl UnixStream {
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.0.as_mut_ptr().cast();
-        // SAFETY: CMSG_SPACE only computes a size.
+        // SAFETY: (FFI) CMSG_SPACE only computes a size.
         msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload) } as _;
-        // SAFETY: `msg_control` points to `control`, aligned for `cmsghdr` and larger than
-        // `msg_controllen`, which has room for one header and `payload` bytes; so
-        // CMSG_FIRSTHDR is a valid, non-null header inside it, and CMSG_DATA has room for the
-        // fds (written unaligned, as the data area need not be aligned for `int`).
+        // SAFETY: (FFI) `msg_control` points to `control`, aligned for `cmsghdr` and larger than
+        // `msg_controllen`, which has room for one header and `payload` bytes; so CMSG_FIRSTHDR is
+        // a valid, non-null header inside it, and CMSG_DATA has room for the fds (written
+        // unaligned, as the data area need not be aligned for `int`).
         unsafe {
             let hdr = libc::CMSG_FIRSTHDR(&msg);
             (*hdr).cmsg_level = libc::SOL_SOCKET;
@@ -359,9 +359,9 @@ impl UnixStream {
                 data.add(i).write_unaligned(fd.as_raw_fd());
             }
         }
-        // SAFETY: `msg` points to `iov` and `control` in this frame and `iov` to `buf`,
-        // borrowed for this call; the frame outlives the operation (I2). The fds are borrowed
-        // too, so they are open while the kernel takes its references to them (I3).
+        // SAFETY: (I2, I3) `msg` points to `iov` and `control` in this frame and `iov` to `buf`,
+        // borrowed for this call; the frame outlives the operation's final completion (I2). The fds
+        // are borrowed too, so they are open while the kernel takes its references to them (I3).
         unsafe { self.sock.sendmsg(&msg, 0) }
     }
 
@@ -397,18 +397,21 @@ impl UnixStream {
         // If the fiber is unwound and the receive won the race, the fds that arrived are closed.
         let orphan = |n: i32| {
             if n >= 0 {
-                // SAFETY: `msg` lives in this frame, which outlives the operation, and the
-                // kernel has finished writing it (final completion).
+                // SAFETY: (I1, I2) `msg` lives in this frame, which outlives the operation, and
+                // this runs on the operation's one final completion, after which the kernel no
+                // longer writes it; its fds were not adopted before.
                 unsafe { adopt_fds(msg_ptr, drop) };
             }
         };
-        // SAFETY: `msg` points to `iov` and `control` in this frame and `iov` to `buf`,
-        // borrowed for this call; the frame outlives the operation (I2).
+        // SAFETY: (I2) `msg` points to `iov` and `control` in this frame and `iov` to `buf`,
+        // borrowed for this call; the frame outlives the operation's final completion.
         let n = unsafe {
             self.sock
                 .recvmsg(&mut msg, libc::MSG_CMSG_CLOEXEC, Some(&orphan))
         }?;
-        // SAFETY: the receive completed and `msg` is no longer lent to the kernel.
+        // SAFETY: (I1, I2) the receive reached its final completion, so `msg` is no longer lent to
+        // the kernel, and its fds were not adopted by `orphan` (which runs only when the fiber is
+        // unwound).
         unsafe { adopt_fds(&msg, |fd| fds.push(fd)) };
         Ok(n)
     }
@@ -649,13 +652,15 @@ impl fmt::Debug for UnixDatagram {
 ///
 /// # Safety
 ///
-/// `msg` must be a header the kernel filled in by a completed `recvmsg(2)`, with its control
-/// buffer still alive and not adopted before.
+/// (I1, I2) `msg` must be a header the kernel filled in by a `recvmsg(2)` that reached its final
+/// completion (so the kernel no longer writes it), with its control buffer still alive and not
+/// adopted before.
 unsafe fn adopt_fds(msg: *const libc::msghdr, mut f: impl FnMut(OwnedFd)) {
-    // SAFETY: the kernel wrote `msg_controllen` bytes of well-formed control messages;
-    // CMSG_FIRSTHDR/CMSG_NXTHDR stay inside that length, and each SCM_RIGHTS message holds
-    // `(cmsg_len - CMSG_LEN(0)) / 4` fds that the kernel installed in this process for us
-    // alone, so each is adopted exactly once.
+    // SAFETY: (I2, FFI) by this function's contract the `recvmsg(2)` reached its final completion,
+    // so the kernel wrote `msg_controllen` bytes of well-formed control messages and writes them no
+    // more; CMSG_FIRSTHDR/CMSG_NXTHDR stay inside that length, and each SCM_RIGHTS message holds
+    // `(cmsg_len - CMSG_LEN(0)) / 4` fds that the kernel installed in this process for us alone, so
+    // each is adopted exactly once.
     unsafe {
         let mut hdr = libc::CMSG_FIRSTHDR(msg);
         while !hdr.is_null() {

@@ -53,35 +53,35 @@ pub fn fd_count() -> usize {
 /// A pipe (read end, write end), close-on-exec, blocking.
 pub fn pipe() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
-    // SAFETY: `fds` is a writable array of two ints.
+    // SAFETY: (FFI) `fds` is a writable array of two ints.
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: pipe2 returned two fresh fds that nothing else owns.
+    // SAFETY: (FFI) pipe2 returned two fresh fds that nothing else owns.
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 /// A non-blocking pipe.
 pub fn pipe_nonblocking() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
-    // SAFETY: `fds` is a writable array of two ints.
+    // SAFETY: (FFI) `fds` is a writable array of two ints.
     let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
     assert_eq!(r, 0);
-    // SAFETY: pipe2 returned two fresh fds that nothing else owns.
+    // SAFETY: (FFI) pipe2 returned two fresh fds that nothing else owns.
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 /// An eventfd.
 pub fn eventfd() -> OwnedFd {
-    // SAFETY: eventfd takes no pointers.
+    // SAFETY: (FFI) eventfd takes no pointers.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
     assert!(fd >= 0, "{}", io::Error::last_os_error());
-    // SAFETY: a fresh fd that nothing else owns.
+    // SAFETY: (FFI) a fresh fd that nothing else owns.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// Writes `v` to an eventfd.
 pub fn eventfd_write(fd: &OwnedFd, v: u64) {
     use std::os::fd::AsRawFd;
-    // SAFETY: `v` is a live 8-byte buffer.
+    // SAFETY: (FFI) `v` is a live 8-byte buffer.
     let n = unsafe { libc::write(fd.as_raw_fd(), (&v as *const u64).cast(), 8) };
     assert_eq!(n, 8);
 }
@@ -89,7 +89,7 @@ pub fn eventfd_write(fd: &OwnedFd, v: u64) {
 /// Writes all of `data` to a raw fd with write(2).
 pub fn write_fd(fd: &OwnedFd, data: &[u8]) {
     use std::os::fd::AsRawFd;
-    // SAFETY: `data` is a live buffer of the given length.
+    // SAFETY: (FFI) `data` is a live buffer of the given length.
     let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
     assert_eq!(n, data.len() as isize, "{}", io::Error::last_os_error());
 }
@@ -98,7 +98,7 @@ pub fn write_fd(fd: &OwnedFd, data: &[u8]) {
 pub fn read_fd(fd: &OwnedFd, n: usize) -> Vec<u8> {
     use std::os::fd::AsRawFd;
     let mut buf = vec![0u8; n];
-    // SAFETY: `buf` is a live writable buffer of `n` bytes.
+    // SAFETY: (FFI) `buf` is a live writable buffer of `n` bytes.
     let r = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), n) };
     assert!(r >= 0, "{}", io::Error::last_os_error());
     buf.truncate(r as usize);

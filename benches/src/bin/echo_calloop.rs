@@ -92,7 +92,7 @@ fn write_all(mut s: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
                     events: libc::POLLOUT,
                     revents: 0,
                 };
-                // SAFETY: `p` is one live pollfd.
+                // SAFETY: (FFI) `p` is one live pollfd.
                 unsafe { libc::poll(&mut p, 1, -1) };
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

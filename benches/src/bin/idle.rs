@@ -28,7 +28,7 @@ use fdloop_bench::fdloop_echo::{accept_callbacks, accept_fibers};
 use fdloop_bench::{backend_arg, clients, proc_status, wait_accepted, Args};
 
 fn thread_cpu_ns() -> u64 {
-    // SAFETY: `ts` is a plain struct that lives across the call.
+    // SAFETY: (FFI) `ts` is a plain struct that lives across the call.
     unsafe {
         let mut ts: libc::timespec = std::mem::zeroed();
         libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);

@@ -430,7 +430,7 @@ impl Chip {
         let c = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
         let open = |flags| {
-            // SAFETY: `c` is a NUL-terminated path that outlives the call.
+            // SAFETY: (FFI) `c` is a NUL-terminated path that outlives the call.
             cvt(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) })
         };
         let fd = match open(libc::O_RDWR) {
@@ -451,7 +451,7 @@ impl Chip {
             };
             io::Error::new(e.kind(), format!("{}: {e}{extra}", path.display()))
         })?;
-        // SAFETY: open returned a fresh fd that nothing else owns.
+        // SAFETY: (FFI) open returned a fresh fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let chip = Chip {
             fd,
@@ -483,7 +483,7 @@ impl Chip {
             label: [0; GPIO_MAX_NAME_SIZE],
             lines: 0,
         };
-        // SAFETY: `info` is a gpiochip_info, the type this request writes; it outlives the
+        // SAFETY: (FFI) `info` is a gpiochip_info, the type this request writes; it outlives the
         // call.
         cvt(unsafe { libc::ioctl(self.fd.as_raw_fd(), GPIO_GET_CHIPINFO_IOCTL as _, &mut info) })?;
         Ok(ChipInfo {
@@ -499,11 +499,11 @@ impl Chip {
     ///
     /// `InvalidInput` (EINVAL) for an offset the chip does not have.
     pub fn line_info(&self, offset: u32) -> io::Result<LineInfo> {
-        // SAFETY: gpio_v2_line_info is plain old data (integers, arrays, a union of
+        // SAFETY: (FFI) gpio_v2_line_info is plain old data (integers, arrays, a union of
         // integers); all-zero is a valid value.
         let mut info: gpio_v2_line_info = unsafe { mem::zeroed() };
         info.offset = offset;
-        // SAFETY: `info` is a gpio_v2_line_info, the type this request reads and writes; it
+        // SAFETY: (FFI) `info` is a gpio_v2_line_info, the type this request reads and writes; it
         // outlives the call.
         let r = unsafe {
             libc::ioctl(
@@ -522,7 +522,7 @@ impl Chip {
         let debounce = info.attrs[..n]
             .iter()
             .find(|a| a.id == GPIO_V2_LINE_ATTR_ID_DEBOUNCE)
-            // SAFETY: the id says the union holds debounce_period_us; every bit pattern is a
+            // SAFETY: (FFI) the id says the union holds debounce_period_us; every bit pattern is a
             // valid u32.
             .map(|a| Duration::from_micros(u64::from(unsafe { a.value.debounce_period_us })));
         Ok(LineInfo {
@@ -553,7 +553,7 @@ impl Chip {
         consumer: &str,
     ) -> io::Result<LineRequest> {
         let mut req = config.to_raw_request(offsets, consumer)?;
-        // SAFETY: `req` is a gpio_v2_line_request, the type this request reads and writes; it
+        // SAFETY: (FFI) `req` is a gpio_v2_line_request, the type this request reads and writes; it
         // outlives the call.
         let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), GPIO_V2_GET_LINE_IOCTL as _, &mut req) };
         if let Err(e) = cvt(r) {
@@ -565,7 +565,7 @@ impl Chip {
                 self.path.display()
             )));
         }
-        // SAFETY: the kernel created this fd for us; nothing else owns it.
+        // SAFETY: (FFI) the kernel created this fd for us; nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(req.fd) };
         LineRequest::from_fd(fd, offsets)
     }
@@ -1047,7 +1047,7 @@ impl LineRequest {
             bits: 0,
             mask: self.all_mask(),
         };
-        // SAFETY: `v` is a gpio_v2_line_values, the type this request reads and writes; it
+        // SAFETY: (FFI) `v` is a gpio_v2_line_values, the type this request reads and writes; it
         // outlives the call.
         cvt(unsafe {
             libc::ioctl(
@@ -1092,7 +1092,7 @@ impl LineRequest {
             bits,
             mask: mask & self.all_mask(),
         };
-        // SAFETY: `v` is a gpio_v2_line_values, the type this request reads; it outlives the
+        // SAFETY: (FFI) `v` is a gpio_v2_line_values, the type this request reads; it outlives the
         // call.
         cvt(unsafe {
             libc::ioctl(
@@ -1138,7 +1138,7 @@ impl LineRequest {
     /// The cases of [`LineConfig::to_raw_config`]; `ioctl(2)` errors.
     pub fn reconfigure(&self, config: &LineConfig) -> io::Result<()> {
         let mut raw = config.to_raw_config(self.offsets.len())?;
-        // SAFETY: `raw` is a gpio_v2_line_config, the type this request reads; it outlives
+        // SAFETY: (FFI) `raw` is a gpio_v2_line_config, the type this request reads; it outlives
         // the call.
         cvt(unsafe {
             libc::ioctl(
@@ -1198,7 +1198,7 @@ impl LineRequest {
         if self.pos == self.len {
             self.pos = 0;
             self.len = 0;
-            // SAFETY: `self.buf` is a live writable buffer of the given length.
+            // SAFETY: (FFI) `self.buf` is a live writable buffer of the given length.
             let n = unsafe {
                 libc::read(
                     self.fd.as_raw_fd(),
@@ -1286,7 +1286,8 @@ mod tests {
         assert_eq!(req.config.num_attrs, 1);
         let a = req.config.attrs[0];
         assert_eq!((a.attr.id, a.mask), (GPIO_V2_LINE_ATTR_ID_DEBOUNCE, 0b11));
-        // SAFETY: the id says the union holds debounce_period_us.
+        // SAFETY: (FFI) the id says the union holds debounce_period_us; every bit pattern is a
+        // valid u32.
         assert_eq!(unsafe { a.attr.value.debounce_period_us }, 5000);
 
         let out = LineConfig::output_bits(0b101).drive(Drive::OpenDrain);
@@ -1300,12 +1301,12 @@ mod tests {
             (a.attr.id, a.mask),
             (GPIO_V2_LINE_ATTR_ID_OUTPUT_VALUES, 0b111)
         );
-        // SAFETY: the id says the union holds values.
+        // SAFETY: (FFI) the id says the union holds values; every bit pattern is a valid u64.
         assert_eq!(unsafe { a.attr.value.values }, 0b101);
         let all = LineConfig::output(true)
             .to_raw_request(&(0..64).collect::<Vec<_>>(), "")
             .unwrap();
-        // SAFETY: as above.
+        // SAFETY: (FFI) the id says the union holds values; every bit pattern is a valid u64.
         assert_eq!(unsafe { all.config.attrs[0].attr.value.values }, u64::MAX);
     }
 

@@ -143,7 +143,7 @@ impl SerialPort {
 
     fn int_ioctl(&self, request: libc::Ioctl) -> io::Result<u32> {
         let mut n: libc::c_int = 0;
-        // SAFETY: these requests write one int into the live `n`.
+        // SAFETY: (FFI) these requests write one int into the live `n`.
         cvt(unsafe { libc::ioctl(self.raw(), request, &mut n) })
             .map_err(|e| named(&self.who(), e))?;
         Ok(n.max(0) as u32)
@@ -161,7 +161,7 @@ impl SerialPort {
             ClearBuffer::Output => libc::TCOFLUSH,
             ClearBuffer::All => libc::TCIOFLUSH,
         };
-        // SAFETY: tcflush takes no pointers.
+        // SAFETY: (FFI) tcflush takes no pointers.
         cvt(unsafe { libc::tcflush(self.raw(), queue) })
             .map(drop)
             .map_err(|e| named(&self.who(), e))
@@ -175,7 +175,7 @@ impl SerialPort {
         } else {
             libc::TIOCMBIC
         };
-        // SAFETY: TIOCMBIS/TIOCMBIC read one int from the live `bit`.
+        // SAFETY: (FFI) TIOCMBIS/TIOCMBIC read one int from the live `bit`.
         cvt(unsafe { libc::ioctl(self.raw(), request, &bit) })
             .map(drop)
             .map_err(|e| self.modem_error(e))
@@ -183,7 +183,7 @@ impl SerialPort {
 
     fn get_line(&self, bit: libc::c_int) -> io::Result<bool> {
         let mut lines: libc::c_int = 0;
-        // SAFETY: TIOCMGET writes one int into the live `lines`.
+        // SAFETY: (FFI) TIOCMGET writes one int into the live `lines`.
         cvt(unsafe { libc::ioctl(self.raw(), libc::TIOCMGET, &mut lines) })
             .map_err(|e| self.modem_error(e))?;
         Ok(lines & bit != 0)
@@ -264,7 +264,7 @@ impl SerialPort {
     /// `ioctl(2)` errors.
     pub fn set_break(&self, on: bool) -> io::Result<()> {
         let request = if on { libc::TIOCSBRK } else { libc::TIOCCBRK };
-        // SAFETY: TIOCSBRK/TIOCCBRK take no argument.
+        // SAFETY: (FFI) TIOCSBRK/TIOCCBRK take no argument.
         cvt(unsafe { libc::ioctl(self.raw(), request) })
             .map(drop)
             .map_err(|e| named(&self.who(), e))

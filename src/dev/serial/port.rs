@@ -99,13 +99,13 @@ impl SerialPort {
         let tty = builder
             .open_native()
             .map_err(|e| open_error(path, &who, e))?;
-        // SAFETY: `into_raw_fd` hands over serialport's fd (without closing it or clearing
+        // SAFETY: (FFI) `into_raw_fd` hands over serialport's fd (without closing it or clearing
         // its exclusivity); nothing else owns it now.
         let fd = unsafe { OwnedFd::from_raw_fd(tty.into_raw_fd()) };
         let pty_master = is_pty_master(fd.as_raw_fd());
         // Wrapped at once, so that an error below also clears the exclusivity on close.
         let port = SerialPort::wrap(fd, Some(path.to_path_buf()), pty_master, settings.exclusive);
-        // SAFETY: isatty takes no pointers.
+        // SAFETY: (FFI) isatty takes no pointers.
         if unsafe { libc::isatty(port.raw()) } == 0 {
             return Err(not_a_terminal(&who));
         }
@@ -130,7 +130,7 @@ impl SerialPort {
     /// errors.
     pub fn from_pty(fd: OwnedFd) -> io::Result<SerialPort> {
         let raw = fd.as_raw_fd();
-        // SAFETY: isatty takes no pointers.
+        // SAFETY: (FFI) isatty takes no pointers.
         if unsafe { libc::isatty(raw) } == 0 {
             return Err(not_a_terminal(&format!("fd {raw} ({})", describe_fd(raw))));
         }
@@ -297,7 +297,7 @@ impl SerialPort {
         }
         let fd = self.fd.as_fd().try_clone_to_owned()?;
         crate::fiber::unblock(move || loop {
-            // SAFETY: tcdrain takes no pointers; `fd` is owned by this closure.
+            // SAFETY: (FFI) tcdrain takes no pointers; `fd` is owned by this closure.
             match cvt(unsafe { libc::tcdrain(fd.as_raw_fd()) }) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 r => return r.map(drop),
@@ -317,7 +317,7 @@ impl SerialPort {
     /// `WouldBlock`; `read(2)` errors.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            // SAFETY: `buf` is a live writable buffer of `buf.len()` bytes.
+            // SAFETY: (FFI) `buf` is a live writable buffer of `buf.len()` bytes.
             let n = unsafe { libc::read(self.raw(), buf.as_mut_ptr().cast(), buf.len()) };
             if n >= 0 {
                 return Ok(n as usize);
@@ -336,7 +336,7 @@ impl SerialPort {
     /// `WouldBlock`; `write(2)` errors (`EIO` on a slave whose master is closed).
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         loop {
-            // SAFETY: `buf` is a live buffer of `buf.len()` bytes.
+            // SAFETY: (FFI) `buf` is a live buffer of `buf.len()` bytes.
             let n = unsafe { libc::write(self.raw(), buf.as_ptr().cast(), buf.len()) };
             if n >= 0 {
                 return Ok(n as usize);
@@ -379,7 +379,7 @@ impl SerialPort {
     fn into_owned(self) -> OwnedFd {
         let mut this = ManuallyDrop::new(self);
         drop(this.path.take());
-        // SAFETY: `this` is never used or dropped again, so the fd is moved out exactly once;
+        // SAFETY: (FFI) `this` is never used or dropped again, so the fd is moved out exactly once;
         // the other fields need no drop (the path was dropped above).
         unsafe { ManuallyDrop::take(&mut this.fd) }.into_owned()
     }
@@ -390,10 +390,10 @@ impl Drop for SerialPort {
         if self.exclusive {
             // As serialport does on close: TIOCEXCL may outlive this fd when others hold the
             // tty open.
-            // SAFETY: TIOCNXCL takes no argument.
+            // SAFETY: (FFI) TIOCNXCL takes no argument.
             unsafe { libc::ioctl(self.raw(), libc::TIOCNXCL) };
         }
-        // SAFETY: dropped exactly once, here.
+        // SAFETY: (FFI) `self.fd` is dropped exactly once, here, and never used after.
         unsafe { ManuallyDrop::drop(&mut self.fd) };
     }
 }
@@ -562,21 +562,21 @@ fn is_tty_path(path: &Path) -> Option<bool> {
         .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
         .open(path)
         .ok()?;
-    // SAFETY: isatty takes no pointers.
+    // SAFETY: (FFI) isatty takes no pointers.
     Some(unsafe { libc::isatty(f.as_raw_fd()) } != 0)
 }
 
 /// Whether `fd` is a pty master (only masters answer `TIOCGPTN`).
 fn is_pty_master(fd: RawFd) -> bool {
     let mut n: libc::c_uint = 0;
-    // SAFETY: TIOCGPTN writes one unsigned int into the live `n`.
+    // SAFETY: (FFI) TIOCGPTN writes one unsigned int into the live `n`.
     unsafe { libc::ioctl(fd, libc::TIOCGPTN, &mut n) == 0 }
 }
 
 /// The tty's name (`ttyname_r`), if it has one.
 fn tty_name(fd: RawFd) -> Option<PathBuf> {
     let mut buf = [0u8; 256];
-    // SAFETY: `buf` is a live writable buffer of the given length.
+    // SAFETY: (FFI) `buf` is a live writable buffer of the given length.
     let r = unsafe { libc::ttyname_r(fd, buf.as_mut_ptr().cast(), buf.len()) };
     if r != 0 {
         return None;
@@ -589,11 +589,11 @@ fn tty_name(fd: RawFd) -> Option<PathBuf> {
 /// What kind of file `fd` is, for error messages.
 fn describe_fd(fd: RawFd) -> &'static str {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat writes one `stat` into the live buffer.
+    // SAFETY: (FFI) fstat writes one `stat` into the live buffer.
     if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
         return "not an open fd";
     }
-    // SAFETY: fstat succeeded and filled the struct.
+    // SAFETY: (FFI) fstat succeeded and filled the struct.
     let mode = unsafe { st.assume_init() }.st_mode & libc::S_IFMT;
     match mode {
         libc::S_IFSOCK => "a socket",

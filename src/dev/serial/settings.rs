@@ -157,16 +157,16 @@ impl Line {
 /// `TCGETS2`: the tty's settings, with the exact baud rates.
 pub(crate) fn get(fd: RawFd) -> io::Result<libc::termios2> {
     let mut t = MaybeUninit::<libc::termios2>::uninit();
-    // SAFETY: TCGETS2 writes one `termios2` into the pointed-to buffer, which is live and
+    // SAFETY: (FFI) TCGETS2 writes one `termios2` into the pointed-to buffer, which is live and
     // large enough.
     cvt(unsafe { libc::ioctl(fd, libc::TCGETS2, t.as_mut_ptr()) })?;
-    // SAFETY: the ioctl succeeded and filled the struct.
+    // SAFETY: (FFI) the ioctl succeeded and filled the struct.
     Ok(unsafe { t.assume_init() })
 }
 
 /// `TCSETS2` (applies at once, like `TCSANOW`).
 fn set(fd: RawFd, t: &libc::termios2) -> io::Result<()> {
-    // SAFETY: TCSETS2 only reads one `termios2` from the pointer, which is live.
+    // SAFETY: (FFI) TCSETS2 only reads one `termios2` from the pointer, which is live.
     cvt(unsafe { libc::ioctl(fd, libc::TCSETS2, t as *const libc::termios2) }).map(drop)
 }
 
@@ -318,18 +318,18 @@ pub(crate) fn verify(fd: RawFd, line: &Line, who: &str) -> io::Result<()> {
 /// Puts the tty in raw mode (`cfmakeraw`, `TCSANOW`) and checks that it took.
 pub(crate) fn make_raw(fd: RawFd, who: &str) -> io::Result<()> {
     let mut t = MaybeUninit::<libc::termios>::uninit();
-    // SAFETY: tcgetattr writes one `termios` into the live buffer.
+    // SAFETY: (FFI) tcgetattr writes one `termios` into the live buffer.
     cvt(unsafe { libc::tcgetattr(fd, t.as_mut_ptr()) }).map_err(|e| not_tty_or(who, e))?;
-    // SAFETY: tcgetattr succeeded and filled the struct.
+    // SAFETY: (FFI) tcgetattr succeeded and filled the struct.
     let mut t = unsafe { t.assume_init() };
-    // SAFETY: cfmakeraw only modifies the struct it is given, which is live.
+    // SAFETY: (FFI) cfmakeraw only modifies the struct it is given, which is live.
     unsafe { libc::cfmakeraw(&mut t) };
-    // SAFETY: tcsetattr only reads the live struct.
+    // SAFETY: (FFI) tcsetattr only reads the live struct.
     cvt(unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) }).map_err(|e| named(who, e))?;
     let mut back = MaybeUninit::<libc::termios>::uninit();
-    // SAFETY: as above.
+    // SAFETY: (FFI) tcgetattr writes one `termios` into the live buffer `back`.
     cvt(unsafe { libc::tcgetattr(fd, back.as_mut_ptr()) }).map_err(|e| named(who, e))?;
-    // SAFETY: tcgetattr succeeded and filled the struct.
+    // SAFETY: (FFI) tcgetattr succeeded and filled the struct.
     let back = unsafe { back.assume_init() };
     let raw = back.c_iflag
         & (libc::IGNBRK
