@@ -15,7 +15,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_main, Criterion, Throughput};
 use fdloop::{fiber, BackendChoice, Loop};
 
 fn yields(c: &mut Criterion) {
@@ -102,12 +102,18 @@ fn spawn_join(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
-    targets = yields, spawn_join
+/// criterion's entry point for this file's benchmarks.
+mod group {
+    use super::*;
+    use criterion::criterion_group;
+
+    criterion_group! {
+        name = benches;
+        config = Criterion::default()
+            .sample_size(20)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
+        targets = yields, spawn_join
+    }
 }
-criterion_main!(benches);
+criterion_main!(group::benches);

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_main, Criterion, Throughput};
 use fdloop::{BackendChoice, Loop};
 
 const BLOCK: u64 = 4096;
@@ -253,12 +253,18 @@ fn direct(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
-    targets = warm, direct
+/// criterion's entry point for this file's benchmarks.
+mod group {
+    use super::*;
+    use criterion::criterion_group;
+
+    criterion_group! {
+        name = benches;
+        config = Criterion::default()
+            .sample_size(10)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
+        targets = warm, direct
+    }
 }
-criterion_main!(benches);
+criterion_main!(group::benches);

@@ -16,7 +16,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use criterion::{criterion_main, BenchmarkGroup, Criterion, Throughput};
 use fdloop::{Loop, LoopHandle};
 use fdloop_bench::pin_thread;
 
@@ -109,12 +109,18 @@ fn tokio_pair(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, io: bool) {
     thread_b.join().expect("thread B");
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
-    targets = fdloop_post
+/// criterion's entry point for this file's benchmarks.
+mod group {
+    use super::*;
+    use criterion::criterion_group;
+
+    criterion_group! {
+        name = benches;
+        config = Criterion::default()
+            .sample_size(20)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
+        targets = fdloop_post
+    }
 }
-criterion_main!(benches);
+criterion_main!(group::benches);

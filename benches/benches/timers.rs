@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_main, Criterion, Throughput};
 use fdloop::{Loop, Timer, TimerId};
 
 const LIVE: usize = 1_000_000;
@@ -159,12 +159,18 @@ fn churn(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
-    targets = batch, churn
+/// criterion's entry point for this file's benchmarks.
+mod group {
+    use super::*;
+    use criterion::criterion_group;
+
+    criterion_group! {
+        name = benches;
+        config = Criterion::default()
+            .sample_size(20)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
+        targets = batch, churn
+    }
 }
-criterion_main!(benches);
+criterion_main!(group::benches);
