@@ -520,7 +520,7 @@ MICRO_GROUPS = [
     ("timers-batch", "Timer start + stop, 1,000,000 timers, deadlines 1–60 s", 30),
     ("timers-churn", "Timer start + stop, random victim among 1,000,000 live timers", None),
     ("yield", "Fiber yield round trip", 10),
-    ("spawn+join", "Fiber spawn + join, pooled stacks", 1000),
+    ("spawn+join", "Fiber spawn + join, pooled stacks", 200),
     ("post-ping-pong", "Cross-thread round trip, both threads on one CPU", None),
     ("warm", "Random 4 KiB reads, page cache warm, time per read", None),
     ("direct", "Random 4 KiB O_DIRECT reads, 32 in flight, time per read", None),
