@@ -99,6 +99,8 @@ const ALWAYS_READY: u32 =
     (libc::POLLIN | libc::POLLOUT | libc::POLLRDNORM | libc::POLLWRNORM) as u32;
 /// Error conditions that make a waiting operation retry its syscall (which then reports them).
 const ERR_HUP: u32 = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+/// The peer shut its side down: reads return 0 at once.
+const RDHUP: u32 = libc::EPOLLRDHUP as u32;
 
 /// Where an operation is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,8 +152,11 @@ pub struct Epoll {
     scratch_fds: Vec<RawFd>,
     /// `epoll_pwait2` is available (cleared on `ENOSYS`).
     pwait2: bool,
-    /// A registration could not be removed (see `FdTable::drop_stale`): rebuild the set.
+    /// A registration could not be removed (see `FdTable::drop_stale`), or an fd number was
+    /// found reused behind the driver's back: rebuild the set.
     rebuild: bool,
+    /// The last `wait` asked the kernel for events (see `wait`).
+    polled_last: bool,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -191,6 +196,7 @@ impl Epoll {
             scratch_fds: Vec::new(),
             pwait2: true,
             rebuild: false,
+            polled_last: false,
             _not_send: PhantomData,
         })
     }
@@ -306,8 +312,23 @@ impl Epoll {
     pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
+            if self.rebuild {
+                self.rebuild = false;
+                // On failure (EMFILE) the old set stays; a stale event will ask again.
+                let _ = self.rebuild_set();
+            }
             self.apply_dirty();
             self.collect_pool();
+            if !self.ready.is_empty() && self.polled_last {
+                // Completions are there already (operations that finished when pushed): return
+                // them without asking the kernel, every other time, so that readiness is still
+                // collected at least on every second wait. A request/response connection then
+                // costs one epoll_wait per round trip, not two.
+                self.polled_last = false;
+                self.deliver(out);
+                return Ok(());
+            }
+            self.polled_last = true;
             let wait_for = if !self.ready.is_empty() {
                 Some(Duration::ZERO)
             } else {
@@ -412,25 +433,119 @@ impl Epoll {
                 id,
                 bits: events & POLL_BITS,
                 io: false,
+                level: true,
             };
             if !unpollable || self.unpollable_ready(waiter) {
                 self.fds.add_waiter(fd, waiter);
             }
             return;
         }
+        // SAFETY: the caller upholds I2/I3 for `op`.
+        if let Some(r) = unsafe { syscalls::empty_read(&op) } {
+            // read(2) of nothing answers at once, whatever the fd holds (as io_uring does).
+            return self.finish(id, r);
+        }
         match syscalls::route(&op, class) {
             // SAFETY: the caller upholds I2/I3 for `op`.
             Route::Pool => unsafe { self.send_to_pool(id, op) },
-            Route::Now(bits) | Route::Wait(bits) => {
-                let waiter = Waiter { id, bits, io: true };
-                // An older operation for the same direction goes first (order of completion =
-                // order of push for reads, and for writes, on one fd).
+            Route::Wait(bits) => {
+                if matches!(op, Op::Accept { .. }) && !syscalls::is_listening(fd) {
+                    // accept4 on a socket that does not listen fails at once: waiting for
+                    // readiness first would hang on an idle connection.
+                    return self.finish(id, -libc::EINVAL);
+                }
+                let waiter = Waiter {
+                    id,
+                    bits,
+                    io: true,
+                    level: true,
+                };
+                let Some(queued) = self.queue_behind(fd, bits) else {
+                    // SAFETY: as for this call (I2/I3); the fd starts afresh.
+                    return unsafe { self.start(id, op) };
+                };
                 // SAFETY: the caller upholds I2/I3; `attempt` never blocks (see `syscalls`).
-                if self.fds.has_io_waiter(fd, bits) || unsafe { self.drive(id, class, false) } {
+                if queued || unsafe { self.drive(id, class, false) } {
                     self.fds.add_waiter(fd, waiter);
                 }
             }
+            Route::Now(bits) => {
+                // An older operation for the same direction goes first (order of completion =
+                // order of push for reads, and for writes, on one fd).
+                let Some(queued) = self.queue_behind(fd, bits) else {
+                    // SAFETY: as for this call (I2/I3); the fd starts afresh.
+                    return unsafe { self.start(id, op) };
+                };
+                let Some(entry) = self.fds.get_mut(fd) else {
+                    return self.finish(id, -libc::EBADF);
+                };
+                entry.use_for_io();
+                // With the edge-triggered registration in place, readiness known to be gone
+                // is waited for without a syscall that would say EAGAIN.
+                let known_not_ready =
+                    entry.edge_triggered() && entry.ready & (bits | ERR_HUP | RDHUP) == 0;
+                // SAFETY: the caller upholds I2/I3; `attempt` never blocks (see `syscalls`).
+                if queued || known_not_ready || unsafe { self.drive(id, class, false) } {
+                    // A multishot accept may stop after a batch with connections left: it
+                    // needs to hear again of what is still there.
+                    self.add_io_waiter(fd, id, bits, op.is_multishot());
+                }
+            }
         }
+    }
+
+    /// Whether a new I/O operation for `bits` on `fd` must queue behind an older one. Slow path:
+    /// before queueing, checks (one `fstat`) that the number still names the file the older
+    /// operations wait on; if it was closed and reused behind the driver's back, they end with
+    /// `ECANCELED` (as if the number had been detached) and `None` says to start the new
+    /// operation afresh.
+    fn queue_behind(&mut self, fd: RawFd, bits: u32) -> Option<bool> {
+        if !self.fds.has_io_waiter(fd, bits) {
+            return Some(false);
+        }
+        if self.fds.same_file(fd) {
+            return Some(true);
+        }
+        self.number_reused(fd);
+        None
+    }
+
+    /// `fd`'s number was closed and reused behind the driver's back (noticed by
+    /// [`Epoll::queue_behind`]): its waiters (of the old file) end with `ECANCELED`, what was
+    /// known about it is dropped, and the set is rebuilt if the old file was registered (it may
+    /// still be open elsewhere, reporting under this number). The next operation on it computes its
+    /// class anew.
+    fn number_reused(&mut self, fd: RawFd) {
+        if let Some(entry) = self.fds.get_mut(fd) {
+            let mut waiters = mem::take(&mut entry.waiters);
+            for w in waiters.drain(..) {
+                self.finish(w.id, -libc::ECANCELED);
+            }
+            if let Some(entry) = self.fds.get_mut(fd) {
+                entry.waiters = waiters;
+            }
+        }
+        if self.fds.invalidate(fd) {
+            self.rebuild = true;
+        }
+    }
+
+    /// Parks the I/O operation `id` on `fd` until `bits` (or an error) is reported. An fd that
+    /// has reported an error or a hang-up gets a level-triggered registration while the
+    /// operation waits, so that a condition reported before the operation was pushed still
+    /// reaches it (a pty master whose slave is gone reports HUP but never OUT). `level` asks for
+    /// a level-triggered registration anyway.
+    fn add_io_waiter(&mut self, fd: RawFd, id: OpId, bits: u32, level: bool) {
+        let level = level || self.fds.get_mut(fd).is_some_and(|e| e.ready & ERR_HUP != 0);
+        self.fds.add_waiter(
+            fd,
+            Waiter {
+                id,
+                bits,
+                io: true,
+                level,
+            },
+        );
     }
 
     /// Runs the syscall of the waiting (or just pushed) I/O operation `id` without blocking;
@@ -456,7 +571,10 @@ impl Epoll {
         for _ in 0..rounds {
             // SAFETY: I2/I3 hold for `op` (our caller's promise); `attempt` never blocks: it
             // only reads blocking fds after readiness (`ready`) or with RWF_NOWAIT.
-            match unsafe { syscalls::attempt(&op, class, ready, connecting) } {
+            let attempt = unsafe { syscalls::attempt(&op, class, ready, connecting) };
+            // SAFETY: I2 holds for `op`'s iovecs and msghdr (our caller's promise).
+            unsafe { self.note_attempt(&op, attempt) };
+            match attempt {
                 Attempt::Done(r) if multishot && r >= 0 => self.report(id, r),
                 Attempt::Done(r) => {
                     self.finish(id, r);
@@ -470,6 +588,37 @@ impl Epoll {
             }
         }
         true
+    }
+
+    /// Updates the readiness known for `op`'s fd after an attempt: `EAGAIN` clears the bits the
+    /// operation needs; a short read (or write) of a stream socket or pipe shows it drained
+    /// (or full), as tokio and mio assume, so that the next operation waits for the next edge
+    /// instead of trying a syscall that would say `EAGAIN`.
+    ///
+    /// # Safety
+    ///
+    /// `op`'s iovecs and msghdr are valid for reads (I2).
+    unsafe fn note_attempt(&mut self, op: &Op, attempt: Attempt) {
+        let Some(fd) = op.fd() else {
+            return;
+        };
+        let Some(entry) = self.fds.get_mut(fd) else {
+            return;
+        };
+        match attempt {
+            Attempt::Again => {
+                entry.ready &= !syscalls::direction(op);
+            }
+            Attempt::Done(n) if n > 0 && entry.short_read_drains => {
+                // SAFETY: I2 for `op` (our caller's promise).
+                if let Some((bits, asked)) = unsafe { syscalls::stream_transfer(op) } {
+                    if (n as usize) < asked {
+                        entry.ready &= !bits;
+                    }
+                }
+            }
+            Attempt::Done(_) | Attempt::InProgress => {}
+        }
     }
 
     /// Sends `op` to the file pool (after the cached-read fast path).
@@ -606,7 +755,14 @@ impl Epoll {
         let Some(entry) = self.fds.get_mut(fd) else {
             return;
         };
+        if entry.class.is_some() {
+            entry.update_ready(revents);
+        }
         let Some(class) = entry.class.filter(|_| !entry.waiters.is_empty()) else {
+            if entry.class.is_some() && entry.edge_triggered() {
+                // An idle fd with its persistent registration: the readiness is noted above.
+                return;
+            }
             // Only a caller who closed a registered fd behind our back gets here (I3).
             if self.fds.drop_stale(self.epfd.as_raw_fd(), fd) {
                 self.rebuild = true;
