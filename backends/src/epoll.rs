@@ -6,25 +6,43 @@
 //!
 //! # Mechanism
 //!
-//! * One **level-triggered** epoll set (`EPOLL_CLOEXEC`). The [`Waker`]'s eventfd sits in it
+//! * One epoll set (`EPOLL_CLOEXEC`). The [`Waker`]'s eventfd sits in it (level-triggered)
 //!   under a reserved token; the pool's finished jobs wake the loop through the same eventfd.
 //! * A **per-fd table** (indexed by fd): the fd's class (`fstat` + `fcntl`, computed on first
-//!   use and cached), the operations waiting for it with the poll bits each one needs, and what
-//!   is registered in epoll. Registrations are **lazy**: a change of waiters marks the fd dirty,
-//!   and the next [`Epoll::wait`] issues one `epoll_ctl` (ADD, MOD or DEL) per dirty fd whose
-//!   interest really changed. A one-shot poll re-armed from its completion handler costs no
-//!   syscall. An fd nobody waits for is removed from the set (level-triggered epoll would
-//!   otherwise report its HUP or ERR forever).
+//!   use and cached), the operations waiting for it with the poll bits each one needs, what is
+//!   registered in epoll, and the readiness last seen. See `epoll/fds.rs` for the registration
+//!   model:
+//!   - an fd used by a non-blocking I/O operation gets **one persistent edge-triggered
+//!     registration** (`IN | OUT | RDHUP | ET`), kept while the fd is idle and removed only by
+//!     `cancel_fd`, `forget_fd` or `Close`. Readiness reported by events is **cached per fd**
+//!     and cleared when a syscall says `EAGAIN`, and when a read of a stream socket or pipe
+//!     comes back short (the fd is drained: as tokio assumes) or a write does (it is full). An
+//!     operation is tried at once when its readiness is known or unknown, and waits for the
+//!     next edge without a syscall when it is known to be gone;
+//!   - an fd with a waiter that needs level-triggering (a `Poll`, an operation on a blocking fd
+//!     that may only be read after a report, a multishot accept, or any waiter on an fd that
+//!     reported an error or hang-up) is registered **level-triggered with exactly its waiters'
+//!     interest**, as before, and removed when nobody waits.
+//!
+//!   Registrations are **lazy**: a change of waiters marks the fd dirty, and the next
+//!   [`Epoll::wait`] issues one `epoll_ctl` per dirty fd whose registration really changed. A
+//!   request/response connection costs its `recv` and `send` and a share of one `epoll_wait`;
+//!   a one-shot poll re-armed from its completion handler costs no syscall.
+//! * A `wait` that already has completions to return (operations that finished when pushed)
+//!   skips the kernel when the previous `wait` asked it, so that readiness is still collected
+//!   at least on every second `wait`.
 //! * **Stream operations** (pipes, sockets, ttys, eventfd …) are tried as a syscall when pushed;
 //!   on `EAGAIN` the operation waits for `IN` (reads, recv, accept) or `OUT` (writes, send,
 //!   connect) and is retried when the fd reports. Sockets are always used with `MSG_DONTWAIT`;
 //!   `Send`/`SendMsg` also get `MSG_NOSIGNAL`. `Connect` waits for `OUT` after `EINPROGRESS` and
 //!   completes with `SO_ERROR`. A read (or write) pushed while an older one waits on the same
-//!   fd queues behind it, so that they complete in the order they were pushed.
+//!   fd queues behind it, so that they complete in the order they were pushed. A read of
+//!   nothing (`Read`/`Readv` of 0 bytes) is a plain `read(2)`/`readv(2)`, which answers at once.
 //! * **Blocking fds** (no `O_NONBLOCK`) must not block the loop thread (I5): a read on a blocking
 //!   pipe or tty waits for `IN`, then reads with `preadv2(RWF_NOWAIT)` where the kernel supports
-//!   it, else with a plain read, once per readiness report. An accept on a blocking listener
-//!   waits for `IN` first too. Writes to blocking pipes and ttys, and connects on blocking
+//!   it, else with a plain read, once per readiness report. An accept on a blocking socket
+//!   waits for `IN` first too, once the socket is known to listen (`SO_ACCEPTCONN`, asked once
+//!   per fd; otherwise `EINVAL` at once, as `accept4(2)` answers). Writes to blocking pipes and ttys, and connects on blocking
 //!   sockets, go to the pool.
 //! * **Regular files** cannot be polled (epoll refuses them with `EPERM`): their reads and
 //!   writes, every positional operation and `Fsync` run on a small thread pool
@@ -35,18 +53,23 @@
 //!
 //! # Caveats
 //!
-//! * **Level-triggered**: a multishot `Poll` reports on every `wait` while its condition holds
-//!   (io_uring reports once per wake-up). A sysfs/kernfs fd polled for `PRIORITY` keeps
-//!   reporting until it is re-read from offset 0.
+//! * `Poll` is **level-triggered**: a multishot `Poll` reports on every `wait` while its
+//!   condition holds (io_uring reports once per wake-up). A sysfs/kernfs fd polled for
+//!   `PRIORITY` keeps reporting until it is re-read from offset 0.
 //! * **`O_NONBLOCK` belongs to the open file description**, shared with every dup and with other
 //!   processes. The driver never changes it; it reads it once per fd and caches it with the
 //!   fd's class. Change it only while nothing is in flight on the fd, then call
 //!   [`Epoll::cancel_fd`] so it is read again.
 //! * **Detach before close.** epoll registers the open file description, not the fd number: an
 //!   fd closed behind the driver's back while it is registered (and still open in a dup or a
-//!   child) keeps reporting, and its cached class would apply to whatever reuses the number.
-//!   Close fds with [`Op::Close`], or call [`Epoll::cancel_fd`] and wait for the final
-//!   completions first (I3).
+//!   child) keeps reporting, and its cached class, readiness and registration would apply to
+//!   whatever reuses the number: a new file there is not in the set, and an operation on it
+//!   that has to wait would not hear of its readiness. Close fds with [`Op::Close`], or call
+//!   [`Epoll::cancel_fd`] / [`Epoll::forget_fd`] (or [`crate::note_close`], from any thread)
+//!   first (I3). What the driver catches on its own: a close count that changed, and, before
+//!   an operation queues behind an older one on the same fd, a different file on the number
+//!   (one `fstat`): the older operations then end with `ECANCELED` and the new file starts
+//!   afresh.
 //! * A blocking fd shared with another reader can race: after a readiness report the other
 //!   reader may take the data, and a plain `read` (on files without `RWF_NOWAIT` support, such
 //!   as ttys) or `accept4` on a blocking fd would then wait. Make such fds non-blocking.
@@ -157,6 +180,8 @@ pub struct Epoll {
     rebuild: bool,
     /// The last `wait` asked the kernel for events (see `wait`).
     polled_last: bool,
+    /// `Poll` operations in flight.
+    polls: usize,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -197,6 +222,7 @@ impl Epoll {
             pwait2: true,
             rebuild: false,
             polled_last: false,
+            polls: 0,
             _not_send: PhantomData,
         })
     }
@@ -262,6 +288,9 @@ impl Epoll {
             user_data,
             state: State::Waiting,
         });
+        if matches!(op, Op::Poll { .. }) {
+            self.polls += 1;
+        }
         // SAFETY: the caller upholds I2/I3 for `op` until its final completion.
         unsafe { self.start(id, op) };
         id
@@ -319,11 +348,12 @@ impl Epoll {
             }
             self.apply_dirty();
             self.collect_pool();
-            if !self.ready.is_empty() && self.polled_last {
+            if !self.ready.is_empty() && self.polled_last && self.polls == 0 {
                 // Completions are there already (operations that finished when pushed): return
                 // them without asking the kernel, every other time, so that readiness is still
                 // collected at least on every second wait. A request/response connection then
-                // costs one epoll_wait per round trip, not two.
+                // costs one epoll_wait per round trip, not two. Not while a `Poll` is in flight:
+                // level-triggered polls see, in every wait, each condition that holds.
                 self.polled_last = false;
                 self.deliver(out);
                 return Ok(());
@@ -449,7 +479,7 @@ impl Epoll {
             // SAFETY: the caller upholds I2/I3 for `op`.
             Route::Pool => unsafe { self.send_to_pool(id, op) },
             Route::Wait(bits) => {
-                if matches!(op, Op::Accept { .. }) && !syscalls::is_listening(fd) {
+                if matches!(op, Op::Accept { .. }) && !self.listening(fd) {
                     // accept4 on a socket that does not listen fails at once: waiting for
                     // readiness first would hang on an idle connection.
                     return self.finish(id, -libc::EINVAL);
@@ -492,6 +522,17 @@ impl Epoll {
                 }
             }
         }
+    }
+
+    /// Whether the (blocking) socket `fd` listens; asked once per fd, then remembered.
+    fn listening(&mut self, fd: RawFd) -> bool {
+        let Some(entry) = self.fds.get_mut(fd) else {
+            return true;
+        };
+        if !entry.listening {
+            entry.listening = syscalls::is_listening(fd);
+        }
+        entry.listening
     }
 
     /// Whether a new I/O operation for `bits` on `fd` must queue behind an older one. Slow path:
@@ -857,6 +898,9 @@ impl Epoll {
                 more: r.more,
             });
             if !r.more {
+                if matches!(entry.op, Op::Poll { .. }) {
+                    self.polls -= 1;
+                }
                 self.ops.remove(r.id);
             }
         }

@@ -74,6 +74,8 @@ pub(super) struct FdEntry {
     pub(super) short_read_drains: bool,
     /// A non-blocking I/O operation used it: it gets a persistent edge-triggered registration.
     io_used: bool,
+    /// A blocking socket found listening (`SO_ACCEPTCONN`), so that the check is done once.
+    pub(super) listening: bool,
     /// The readiness bits (`EPOLLIN`, `EPOLLOUT`, `EPOLLRDHUP`, `EPOLLERR`, `EPOLLHUP` …) as last
     /// reported, minus what an `EAGAIN` (or a short read) showed to be gone.
     pub(super) ready: u32,
@@ -177,6 +179,7 @@ impl FdTable {
                 e.ready = UNKNOWN_READY;
             }
             e.class = Some(probe.class);
+            e.listening = false;
             e.identity = probe.identity;
             e.short_read_drains = probe.short_read_drains;
             e.closes = closes;
