@@ -187,6 +187,15 @@ impl FdTable {
         Ok(&mut self.entries[i])
     }
 
+    /// The events registered for `fd` in the epoll set, as the table knows them.
+    #[cfg(test)]
+    pub(super) fn registration(&self, fd: RawFd) -> Option<u32> {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.entries.get(i))
+            .and_then(|e| e.registered)
+    }
+
     /// Whether `fd` still names the file its entry describes (one `fstat`: for slow paths).
     /// `false` when it was closed and its number reused behind the driver's back, or closed.
     pub(super) fn same_file(&mut self, fd: RawFd) -> bool {

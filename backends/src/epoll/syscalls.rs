@@ -117,7 +117,9 @@ unsafe fn iov_len(iov: *const libc::iovec, iovcnt: usize) -> usize {
     }
     // SAFETY: the caller guarantees `iov[..iovcnt]` (I2), non-null here.
     let slice = unsafe { std::slice::from_raw_parts(iov, iovcnt) };
-    slice.iter().fold(0usize, |acc, v| acc.saturating_add(v.iov_len))
+    slice
+        .iter()
+        .fold(0usize, |acc, v| acc.saturating_add(v.iov_len))
 }
 
 /// For a stream transfer (read, write, receive or send without `MSG_PEEK`, no offset): the
@@ -127,7 +129,8 @@ unsafe fn iov_len(iov: *const libc::iovec, iovcnt: usize) -> usize {
 ///
 /// `op`'s iovecs and msghdr are valid for reads (I2).
 pub(super) unsafe fn stream_transfer(op: &Op) -> Option<(u32, usize)> {
-    // SAFETY (each iov_len call): the caller guarantees `op`'s iovecs and msghdr (I2).
+    // SAFETY: the caller guarantees `op`'s iovecs and msghdr (I2): `iov_len` and the reads of
+    // `*msg` only read them.
     unsafe {
         match *op {
             Op::Read {
@@ -141,7 +144,7 @@ pub(super) unsafe fn stream_transfer(op: &Op) -> Option<(u32, usize)> {
                 ..
             } => Some((IN, iov_len(iov, iovcnt as usize))),
             Op::RecvMsg { msg, flags, .. } if flags & libc::MSG_PEEK == 0 && !msg.is_null() => {
-                Some((IN, iov_len((*msg).msg_iov, (*msg).msg_iovlen as usize)))
+                Some((IN, iov_len((*msg).msg_iov, (*msg).msg_iovlen)))
             }
             Op::Write {
                 len, offset: None, ..
@@ -154,7 +157,7 @@ pub(super) unsafe fn stream_transfer(op: &Op) -> Option<(u32, usize)> {
                 ..
             } => Some((OUT, iov_len(iov, iovcnt as usize))),
             Op::SendMsg { msg, .. } if !msg.is_null() => {
-                Some((OUT, iov_len((*msg).msg_iov, (*msg).msg_iovlen as usize)))
+                Some((OUT, iov_len((*msg).msg_iov, (*msg).msg_iovlen)))
             }
             _ => None,
         }
