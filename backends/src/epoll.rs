@@ -42,8 +42,8 @@
 //!   pipe or tty waits for `IN`, then reads with `preadv2(RWF_NOWAIT)` where the kernel supports
 //!   it, else with a plain read, once per readiness report. An accept on a blocking socket
 //!   waits for `IN` first too, once the socket is known to listen (`SO_ACCEPTCONN`, asked once
-//!   per fd; otherwise `EINVAL` at once, as `accept4(2)` answers). Writes to blocking pipes and ttys, and connects on blocking
-//!   sockets, go to the pool.
+//!   per fd; otherwise `EINVAL` at once, as `accept4(2)` answers). Writes to blocking pipes and
+//!   ttys, and connects on blocking sockets, go to the pool.
 //! * **Regular files** cannot be polled (epoll refuses them with `EPERM`): their reads and
 //!   writes, every positional operation and `Fsync` run on a small thread pool
 //!   (module `epoll/files.rs`). That is the honest fallback for files on epoll. Positional reads
@@ -554,8 +554,8 @@ impl Epoll {
     /// `fd`'s number was closed and reused behind the driver's back (noticed by
     /// [`Epoll::queue_behind`]): its waiters (of the old file) end with `ECANCELED`, what was
     /// known about it is dropped, and the set is rebuilt if the old file was registered (it may
-    /// still be open elsewhere, reporting under this number). The next operation on it computes its
-    /// class anew.
+    /// still be open elsewhere, reporting under this number). The next operation on it computes
+    /// its class anew.
     fn number_reused(&mut self, fd: RawFd) {
         if let Some(entry) = self.fds.get_mut(fd) {
             let mut waiters = mem::take(&mut entry.waiters);
