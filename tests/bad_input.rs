@@ -729,10 +729,6 @@ mod read_zero_from_an_idle_socket {
     }
 
     #[test]
-    #[ignore = "bug: on epoll, Loop::read with an empty buffer on a socket waits for data \
-                (the driver reads sockets with recvmsg(MSG_DONTWAIT), and a zero-length recv \
-                on an empty socket is EAGAIN) instead of answering 0 at once as read(2) and \
-                the io_uring backend do (backends/src/epoll/syscalls.rs)"]
     fn epoll() {
         with_loop(BackendChoice::Epoll, read_zero_from_an_idle_socket);
     }
@@ -747,11 +743,6 @@ mod accept_on_a_connected_socket {
     }
 
     #[test]
-    #[ignore = "bug: on epoll, Loop::accept on a blocking socket that is connected rather than \
-                listening waits for it to become readable (Route::Wait) before calling \
-                accept4, so it hangs on an idle connection instead of answering EINVAL at once \
-                as accept4(2) and the io_uring backend do (backends/src/epoll/syscalls.rs: \
-                route)"]
     fn epoll() {
         with_loop(BackendChoice::Epoll, accept_on_a_connected_socket);
     }

@@ -1522,11 +1522,6 @@ mod foreign_fd_closed_and_reused_new_owner_on_the_same_loop {
     }
 
     #[test]
-    #[ignore = "bug: on epoll, an fd closed without detach while an operation waits on it keeps \
-                its (kernel-dropped) epoll registration in the driver's fd table; a new file \
-                on the same number then never gets readiness: its operations queue behind the \
-                stale waiter and hang until the number is detached (backends/src/epoll/fds.rs: \
-                sync skips epoll_ctl when the wanted events equal the cached ones)"]
     fn epoll() {
         run_case(BackendChoice::Epoll, new_owner_on_the_same_loop);
     }

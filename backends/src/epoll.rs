@@ -6,26 +6,44 @@
 //!
 //! # Mechanism
 //!
-//! * One **level-triggered** epoll set (`EPOLL_CLOEXEC`). The [`Waker`]'s eventfd sits in it
+//! * One epoll set (`EPOLL_CLOEXEC`). The [`Waker`]'s eventfd sits in it (level-triggered)
 //!   under a reserved token; the pool's finished jobs wake the loop through the same eventfd.
 //! * A **per-fd table** (indexed by fd): the fd's class (`fstat` + `fcntl`, computed on first
-//!   use and cached), the operations waiting for it with the poll bits each one needs, and what
-//!   is registered in epoll. Registrations are **lazy**: a change of waiters marks the fd dirty,
-//!   and the next [`Epoll::wait`] issues one `epoll_ctl` (ADD, MOD or DEL) per dirty fd whose
-//!   interest really changed. A one-shot poll re-armed from its completion handler costs no
-//!   syscall. An fd nobody waits for is removed from the set (level-triggered epoll would
-//!   otherwise report its HUP or ERR forever).
+//!   use and cached), the operations waiting for it with the poll bits each one needs, what is
+//!   registered in epoll, and the readiness last seen. See `epoll/fds.rs` for the registration
+//!   model:
+//!   - an fd used by a non-blocking I/O operation gets **one persistent edge-triggered
+//!     registration** (`IN | OUT | RDHUP | ET`), kept while the fd is idle and removed only by
+//!     `cancel_fd`, `forget_fd` or `Close`. Readiness reported by events is **cached per fd**
+//!     and cleared when a syscall says `EAGAIN`, and when a read of a stream socket or pipe
+//!     comes back short (the fd is drained: as tokio assumes) or a write does (it is full). An
+//!     operation is tried at once when its readiness is known or unknown, and waits for the
+//!     next edge without a syscall when it is known to be gone;
+//!   - an fd with a waiter that needs level-triggering (a `Poll`, an operation on a blocking fd
+//!     that may only be read after a report, a multishot accept, or any waiter on an fd that
+//!     reported an error or hang-up) is registered **level-triggered with exactly its waiters'
+//!     interest**, as before, and removed when nobody waits.
+//!
+//!   Registrations are **lazy**: a change of waiters marks the fd dirty, and the next
+//!   [`Epoll::wait`] issues one `epoll_ctl` per dirty fd whose registration really changed. A
+//!   request/response connection costs its `recv` and `send` and a share of one `epoll_wait`;
+//!   a one-shot poll re-armed from its completion handler costs no syscall.
+//! * A `wait` that already has completions to return (operations that finished when pushed)
+//!   skips the kernel when the previous `wait` asked it, so that readiness is still collected
+//!   at least on every second `wait`.
 //! * **Stream operations** (pipes, sockets, ttys, eventfd …) are tried as a syscall when pushed;
 //!   on `EAGAIN` the operation waits for `IN` (reads, recv, accept) or `OUT` (writes, send,
 //!   connect) and is retried when the fd reports. Sockets are always used with `MSG_DONTWAIT`;
 //!   `Send`/`SendMsg` also get `MSG_NOSIGNAL`. `Connect` waits for `OUT` after `EINPROGRESS` and
 //!   completes with `SO_ERROR`. A read (or write) pushed while an older one waits on the same
-//!   fd queues behind it, so that they complete in the order they were pushed.
+//!   fd queues behind it, so that they complete in the order they were pushed. A read of
+//!   nothing (`Read`/`Readv` of 0 bytes) is a plain `read(2)`/`readv(2)`, which answers at once.
 //! * **Blocking fds** (no `O_NONBLOCK`) must not block the loop thread (I5): a read on a blocking
 //!   pipe or tty waits for `IN`, then reads with `preadv2(RWF_NOWAIT)` where the kernel supports
-//!   it, else with a plain read, once per readiness report. An accept on a blocking listener
-//!   waits for `IN` first too. Writes to blocking pipes and ttys, and connects on blocking
-//!   sockets, go to the pool.
+//!   it, else with a plain read, once per readiness report. An accept on a blocking socket
+//!   waits for `IN` first too, once the socket is known to listen (`SO_ACCEPTCONN`, asked once
+//!   per fd; otherwise `EINVAL` at once, as `accept4(2)` answers). Writes to blocking pipes and
+//!   ttys, and connects on blocking sockets, go to the pool.
 //! * **Regular files** cannot be polled (epoll refuses them with `EPERM`): their reads and
 //!   writes, every positional operation and `Fsync` run on a small thread pool
 //!   (module `epoll/files.rs`). That is the honest fallback for files on epoll. Positional reads
@@ -35,18 +53,23 @@
 //!
 //! # Caveats
 //!
-//! * **Level-triggered**: a multishot `Poll` reports on every `wait` while its condition holds
-//!   (io_uring reports once per wake-up). A sysfs/kernfs fd polled for `PRIORITY` keeps
-//!   reporting until it is re-read from offset 0.
+//! * `Poll` is **level-triggered**: a multishot `Poll` reports on every `wait` while its
+//!   condition holds (io_uring reports once per wake-up). A sysfs/kernfs fd polled for
+//!   `PRIORITY` keeps reporting until it is re-read from offset 0.
 //! * **`O_NONBLOCK` belongs to the open file description**, shared with every dup and with other
 //!   processes. The driver never changes it; it reads it once per fd and caches it with the
 //!   fd's class. Change it only while nothing is in flight on the fd, then call
 //!   [`Epoll::cancel_fd`] so it is read again.
 //! * **Detach before close.** epoll registers the open file description, not the fd number: an
 //!   fd closed behind the driver's back while it is registered (and still open in a dup or a
-//!   child) keeps reporting, and its cached class would apply to whatever reuses the number.
-//!   Close fds with [`Op::Close`], or call [`Epoll::cancel_fd`] and wait for the final
-//!   completions first (I3).
+//!   child) keeps reporting, and its cached class, readiness and registration would apply to
+//!   whatever reuses the number: a new file there is not in the set, and an operation on it
+//!   that has to wait would not hear of its readiness. Close fds with [`Op::Close`], or call
+//!   [`Epoll::cancel_fd`] / [`Epoll::forget_fd`] (or [`crate::note_close`], from any thread)
+//!   first (I3). What the driver catches on its own: a close count that changed, and, before
+//!   an operation queues behind an older one on the same fd, a different file on the number
+//!   (one `fstat`): the older operations then end with `ECANCELED` and the new file starts
+//!   afresh.
 //! * A blocking fd shared with another reader can race: after a readiness report the other
 //!   reader may take the data, and a plain `read` (on files without `RWF_NOWAIT` support, such
 //!   as ttys) or `accept4` on a blocking fd would then wait. Make such fds non-blocking.
@@ -99,6 +122,8 @@ const ALWAYS_READY: u32 =
     (libc::POLLIN | libc::POLLOUT | libc::POLLRDNORM | libc::POLLWRNORM) as u32;
 /// Error conditions that make a waiting operation retry its syscall (which then reports them).
 const ERR_HUP: u32 = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+/// The peer shut its side down: reads return 0 at once.
+const RDHUP: u32 = libc::EPOLLRDHUP as u32;
 
 /// Where an operation is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,8 +175,13 @@ pub struct Epoll {
     scratch_fds: Vec<RawFd>,
     /// `epoll_pwait2` is available (cleared on `ENOSYS`).
     pwait2: bool,
-    /// A registration could not be removed (see `FdTable::drop_stale`): rebuild the set.
+    /// A registration could not be removed (see `FdTable::drop_stale`), or an fd number was
+    /// found reused behind the driver's back: rebuild the set.
     rebuild: bool,
+    /// The last `wait` asked the kernel for events (see `wait`).
+    polled_last: bool,
+    /// `Poll` operations in flight.
+    polls: usize,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -191,6 +221,8 @@ impl Epoll {
             scratch_fds: Vec::new(),
             pwait2: true,
             rebuild: false,
+            polled_last: false,
+            polls: 0,
             _not_send: PhantomData,
         })
     }
@@ -256,6 +288,9 @@ impl Epoll {
             user_data,
             state: State::Waiting,
         });
+        if matches!(op, Op::Poll { .. }) {
+            self.polls += 1;
+        }
         // SAFETY: the caller upholds I2/I3 for `op` until its final completion.
         unsafe { self.start(id, op) };
         id
@@ -306,8 +341,24 @@ impl Epoll {
     pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
+            if self.rebuild {
+                self.rebuild = false;
+                // On failure (EMFILE) the old set stays; a stale event will ask again.
+                let _ = self.rebuild_set();
+            }
             self.apply_dirty();
             self.collect_pool();
+            if !self.ready.is_empty() && self.polled_last && self.polls == 0 {
+                // Completions are there already (operations that finished when pushed): return
+                // them without asking the kernel, every other time, so that readiness is still
+                // collected at least on every second wait. A request/response connection then
+                // costs one epoll_wait per round trip, not two. Not while a `Poll` is in flight:
+                // level-triggered polls see, in every wait, each condition that holds.
+                self.polled_last = false;
+                self.deliver(out);
+                return Ok(());
+            }
+            self.polled_last = true;
             let wait_for = if !self.ready.is_empty() {
                 Some(Duration::ZERO)
             } else {
@@ -412,25 +463,130 @@ impl Epoll {
                 id,
                 bits: events & POLL_BITS,
                 io: false,
+                level: true,
             };
             if !unpollable || self.unpollable_ready(waiter) {
                 self.fds.add_waiter(fd, waiter);
             }
             return;
         }
+        // SAFETY: the caller upholds I2/I3 for `op`.
+        if let Some(r) = unsafe { syscalls::empty_read(&op) } {
+            // read(2) of nothing answers at once, whatever the fd holds (as io_uring does).
+            return self.finish(id, r);
+        }
         match syscalls::route(&op, class) {
             // SAFETY: the caller upholds I2/I3 for `op`.
             Route::Pool => unsafe { self.send_to_pool(id, op) },
-            Route::Now(bits) | Route::Wait(bits) => {
-                let waiter = Waiter { id, bits, io: true };
-                // An older operation for the same direction goes first (order of completion =
-                // order of push for reads, and for writes, on one fd).
+            Route::Wait(bits) => {
+                if matches!(op, Op::Accept { .. }) && !self.listening(fd) {
+                    // accept4 on a socket that does not listen fails at once: waiting for
+                    // readiness first would hang on an idle connection.
+                    return self.finish(id, -libc::EINVAL);
+                }
+                let waiter = Waiter {
+                    id,
+                    bits,
+                    io: true,
+                    level: true,
+                };
+                let Some(queued) = self.queue_behind(fd, bits) else {
+                    // SAFETY: as for this call (I2/I3); the fd starts afresh.
+                    return unsafe { self.start(id, op) };
+                };
                 // SAFETY: the caller upholds I2/I3; `attempt` never blocks (see `syscalls`).
-                if self.fds.has_io_waiter(fd, bits) || unsafe { self.drive(id, class, false) } {
+                if queued || unsafe { self.drive(id, class, false) } {
                     self.fds.add_waiter(fd, waiter);
                 }
             }
+            Route::Now(bits) => {
+                // An older operation for the same direction goes first (order of completion =
+                // order of push for reads, and for writes, on one fd).
+                let Some(queued) = self.queue_behind(fd, bits) else {
+                    // SAFETY: as for this call (I2/I3); the fd starts afresh.
+                    return unsafe { self.start(id, op) };
+                };
+                let Some(entry) = self.fds.get_mut(fd) else {
+                    return self.finish(id, -libc::EBADF);
+                };
+                entry.use_for_io();
+                // With the edge-triggered registration in place, readiness known to be gone
+                // is waited for without a syscall that would say EAGAIN.
+                let known_not_ready =
+                    entry.edge_triggered() && entry.ready & (bits | ERR_HUP | RDHUP) == 0;
+                // SAFETY: the caller upholds I2/I3; `attempt` never blocks (see `syscalls`).
+                if queued || known_not_ready || unsafe { self.drive(id, class, false) } {
+                    // A multishot accept may stop after a batch with connections left: it
+                    // needs to hear again of what is still there.
+                    self.add_io_waiter(fd, id, bits, op.is_multishot());
+                }
+            }
         }
+    }
+
+    /// Whether the (blocking) socket `fd` listens; asked once per fd, then remembered.
+    fn listening(&mut self, fd: RawFd) -> bool {
+        let Some(entry) = self.fds.get_mut(fd) else {
+            return true;
+        };
+        if !entry.listening {
+            entry.listening = syscalls::is_listening(fd);
+        }
+        entry.listening
+    }
+
+    /// Whether a new I/O operation for `bits` on `fd` must queue behind an older one. Slow path:
+    /// before queueing, checks (one `fstat`) that the number still names the file the older
+    /// operations wait on; if it was closed and reused behind the driver's back, they end with
+    /// `ECANCELED` (as if the number had been detached) and `None` says to start the new
+    /// operation afresh.
+    fn queue_behind(&mut self, fd: RawFd, bits: u32) -> Option<bool> {
+        if !self.fds.has_io_waiter(fd, bits) {
+            return Some(false);
+        }
+        if self.fds.same_file(fd) {
+            return Some(true);
+        }
+        self.number_reused(fd);
+        None
+    }
+
+    /// `fd`'s number was closed and reused behind the driver's back (noticed by
+    /// [`Epoll::queue_behind`]): its waiters (of the old file) end with `ECANCELED`, what was
+    /// known about it is dropped, and the set is rebuilt if the old file was registered (it may
+    /// still be open elsewhere, reporting under this number). The next operation on it computes
+    /// its class anew.
+    fn number_reused(&mut self, fd: RawFd) {
+        if let Some(entry) = self.fds.get_mut(fd) {
+            let mut waiters = mem::take(&mut entry.waiters);
+            for w in waiters.drain(..) {
+                self.finish(w.id, -libc::ECANCELED);
+            }
+            if let Some(entry) = self.fds.get_mut(fd) {
+                entry.waiters = waiters;
+            }
+        }
+        if self.fds.invalidate(fd) {
+            self.rebuild = true;
+        }
+    }
+
+    /// Parks the I/O operation `id` on `fd` until `bits` (or an error) is reported. An fd that
+    /// has reported an error or a hang-up gets a level-triggered registration while the
+    /// operation waits, so that a condition reported before the operation was pushed still
+    /// reaches it (a pty master whose slave is gone reports HUP but never OUT). `level` asks for
+    /// a level-triggered registration anyway.
+    fn add_io_waiter(&mut self, fd: RawFd, id: OpId, bits: u32, level: bool) {
+        let level = level || self.fds.get_mut(fd).is_some_and(|e| e.ready & ERR_HUP != 0);
+        self.fds.add_waiter(
+            fd,
+            Waiter {
+                id,
+                bits,
+                io: true,
+                level,
+            },
+        );
     }
 
     /// Runs the syscall of the waiting (or just pushed) I/O operation `id` without blocking;
@@ -456,7 +612,10 @@ impl Epoll {
         for _ in 0..rounds {
             // SAFETY: I2/I3 hold for `op` (our caller's promise); `attempt` never blocks: it
             // only reads blocking fds after readiness (`ready`) or with RWF_NOWAIT.
-            match unsafe { syscalls::attempt(&op, class, ready, connecting) } {
+            let attempt = unsafe { syscalls::attempt(&op, class, ready, connecting) };
+            // SAFETY: I2 holds for `op`'s iovecs and msghdr (our caller's promise).
+            unsafe { self.note_attempt(&op, attempt) };
+            match attempt {
                 Attempt::Done(r) if multishot && r >= 0 => self.report(id, r),
                 Attempt::Done(r) => {
                     self.finish(id, r);
@@ -470,6 +629,37 @@ impl Epoll {
             }
         }
         true
+    }
+
+    /// Updates the readiness known for `op`'s fd after an attempt: `EAGAIN` clears the bits the
+    /// operation needs; a short read (or write) of a stream socket or pipe shows it drained
+    /// (or full), as tokio and mio assume, so that the next operation waits for the next edge
+    /// instead of trying a syscall that would say `EAGAIN`.
+    ///
+    /// # Safety
+    ///
+    /// `op`'s iovecs and msghdr are valid for reads (I2).
+    unsafe fn note_attempt(&mut self, op: &Op, attempt: Attempt) {
+        let Some(fd) = op.fd() else {
+            return;
+        };
+        let Some(entry) = self.fds.get_mut(fd) else {
+            return;
+        };
+        match attempt {
+            Attempt::Again => {
+                entry.ready &= !syscalls::direction(op);
+            }
+            Attempt::Done(n) if n > 0 && entry.short_read_drains => {
+                // SAFETY: I2 for `op` (our caller's promise).
+                if let Some((bits, asked)) = unsafe { syscalls::stream_transfer(op) } {
+                    if (n as usize) < asked {
+                        entry.ready &= !bits;
+                    }
+                }
+            }
+            Attempt::Done(_) | Attempt::InProgress => {}
+        }
     }
 
     /// Sends `op` to the file pool (after the cached-read fast path).
@@ -606,7 +796,14 @@ impl Epoll {
         let Some(entry) = self.fds.get_mut(fd) else {
             return;
         };
+        if entry.class.is_some() {
+            entry.update_ready(revents);
+        }
         let Some(class) = entry.class.filter(|_| !entry.waiters.is_empty()) else {
+            if entry.class.is_some() && entry.edge_triggered() {
+                // An idle fd with its persistent registration: the readiness is noted above.
+                return;
+            }
             // Only a caller who closed a registered fd behind our back gets here (I3).
             if self.fds.drop_stale(self.epfd.as_raw_fd(), fd) {
                 self.rebuild = true;
@@ -701,6 +898,9 @@ impl Epoll {
                 more: r.more,
             });
             if !r.more {
+                if matches!(entry.op, Op::Poll { .. }) {
+                    self.polls -= 1;
+                }
                 self.ops.remove(r.id);
             }
         }

@@ -39,21 +39,7 @@ impl FdClass {
     ///
     /// `EBADF` for a closed or invalid fd.
     pub fn of(fd: RawFd) -> io::Result<FdClass> {
-        let mut st = MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: `st` is a writable `stat` buffer that lives across the call.
-        cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
-        // SAFETY: fstat succeeded, so it filled `st`.
-        let st = unsafe { st.assume_init() };
-        // SAFETY: F_GETFL takes no pointer argument.
-        let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
-        let nonblocking = flags & libc::O_NONBLOCK != 0;
-        Ok(match st.st_mode & libc::S_IFMT {
-            libc::S_IFREG | libc::S_IFBLK | libc::S_IFDIR => FdClass::File,
-            libc::S_IFSOCK => FdClass::Socket { nonblocking },
-            // SAFETY: isatty only inspects the fd.
-            libc::S_IFCHR if unsafe { libc::isatty(fd) } == 1 => FdClass::Tty { nonblocking },
-            _ => FdClass::Stream { nonblocking },
-        })
+        classify(fd, &stat(fd)?)
     }
 
     /// Whether the kernel can report readiness for `fd`: asks a throw-away epoll set. Regular
@@ -103,6 +89,90 @@ impl FdClass {
             | FdClass::Stream { nonblocking } => nonblocking,
         }
     }
+}
+
+/// What the epoll driver learns about an fd on first use (see [`probe`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Probe {
+    /// How a driver must treat it.
+    pub(crate) class: FdClass,
+    /// The file it names: `(st_dev, st_ino)`. Another file on the same number (a close and a
+    /// reuse behind the driver's back) gives another identity.
+    pub(crate) identity: (u64, u64),
+    /// A read shorter than asked for empties it: a stream socket or a pipe (FIFO). Not a
+    /// datagram socket (one datagram per read), a tty (one line per read in canonical mode),
+    /// an eventfd in semaphore mode, inotify (whole events only) …
+    pub(crate) short_read_drains: bool,
+}
+
+/// `fstat` of `fd`.
+fn stat(fd: RawFd) -> io::Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a writable `stat` buffer that lives across the call.
+    cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// The identity `(st_dev, st_ino)` of the file `fd` names (one `fstat`).
+///
+/// # Errors
+///
+/// `EBADF` for a closed or invalid fd.
+pub(crate) fn identity(fd: RawFd) -> io::Result<(u64, u64)> {
+    stat(fd).map(|st| (st.st_dev, st.st_ino))
+}
+
+/// Looks at `fd` with `fstat` and `fcntl(F_GETFL)` (plus `isatty` for character devices and
+/// `getsockopt(SO_TYPE)` for sockets).
+///
+/// # Errors
+///
+/// `EBADF` for a closed or invalid fd.
+pub(crate) fn probe(fd: RawFd) -> io::Result<Probe> {
+    let st = stat(fd)?;
+    let class = classify(fd, &st)?;
+    let short_read_drains = match st.st_mode & libc::S_IFMT {
+        libc::S_IFSOCK => socket_type(fd) == Some(libc::SOCK_STREAM),
+        libc::S_IFIFO => true,
+        _ => false,
+    };
+    Ok(Probe {
+        class,
+        identity: (st.st_dev, st.st_ino),
+        short_read_drains,
+    })
+}
+
+/// The class of `fd`, whose `fstat` is `st` (one `fcntl`, plus `isatty` for character devices).
+fn classify(fd: RawFd, st: &libc::stat) -> io::Result<FdClass> {
+    // SAFETY: F_GETFL takes no pointer argument.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    let nonblocking = flags & libc::O_NONBLOCK != 0;
+    Ok(match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG | libc::S_IFBLK | libc::S_IFDIR => FdClass::File,
+        libc::S_IFSOCK => FdClass::Socket { nonblocking },
+        // SAFETY: isatty only inspects the fd.
+        libc::S_IFCHR if unsafe { libc::isatty(fd) } == 1 => FdClass::Tty { nonblocking },
+        _ => FdClass::Stream { nonblocking },
+    })
+}
+
+/// `SO_TYPE` of a socket (`SOCK_STREAM`, `SOCK_DGRAM` …), `None` if it cannot be read.
+fn socket_type(fd: RawFd) -> Option<i32> {
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `ty` and `len` are live locals of the sizes getsockopt is told about.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            std::ptr::addr_of_mut!(ty).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(ty)
 }
 
 /// fd numbers whose closes are counted (higher numbers are not tracked; their owners rely on

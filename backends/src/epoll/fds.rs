@@ -1,10 +1,27 @@
 //! The per-fd table of the epoll driver: what kind of file each fd is, which operations wait on
-//! it (and for which readiness bits), and what is registered in the epoll set.
+//! it (and for which readiness bits), what is registered in the epoll set, and the readiness
+//! last seen.
+//!
+//! # Registration model
+//!
+//! An fd is registered in one of two ways, decided by [`FdEntry::wanted`]:
+//!
+//! * **Edge-triggered and persistent** (`IN | OUT | RDHUP | ET`) once a non-blocking I/O
+//!   operation (`Route::Now`: sockets, non-blocking pipes, ttys, eventfd …) has used it, while
+//!   no waiter needs level-triggering. The registration stays while the fd is idle, so an
+//!   operation that waits costs no `epoll_ctl`; only `forget` (detach, close) removes it. The
+//!   readiness reported by events is cached in [`FdEntry::ready`], cleared on `EAGAIN` (and on
+//!   a short read of a stream socket or pipe), and decides whether an operation is tried at once
+//!   or waits for the next edge.
+//! * **Level-triggered, exactly the waiters' interest**, while a waiter needs level semantics:
+//!   a `Poll` (the loop's `start_poll` is level-triggered), or an operation on a blocking fd that
+//!   may only be read after a readiness report (`Route::Wait`). Removed when nobody waits (a
+//!   level-triggered registration of an idle fd would report its HUP or ERR forever).
 //!
 //! Registrations are lazy: changing the waiters only marks the fd dirty, and
 //! [`FdTable::sync`] (called for dirty fds at the start of a wait) issues at most one
-//! `epoll_ctl`, none when the wanted interest did not change in the meantime. A one-shot poll
-//! re-armed from its completion handler therefore costs no syscall.
+//! `epoll_ctl`, none when the wanted registration did not change in the meantime. A one-shot
+//! poll re-armed from its completion handler therefore costs no syscall either.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -20,7 +37,17 @@ pub(super) struct Waiter {
     pub(super) bits: u32,
     /// An I/O operation (not a `Poll`): later I/O operations for the same bits queue behind it.
     pub(super) io: bool,
+    /// Needs a level-triggered registration: a `Poll`, an operation on a blocking fd that is
+    /// only tried after a readiness report, or one on an fd that reported an error or hang-up.
+    pub(super) level: bool,
 }
+
+/// `EPOLLET`.
+pub(super) const ET: u32 = libc::EPOLLET as u32;
+/// The interest of a persistent edge-triggered registration.
+pub(super) const ET_INTEREST: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP) as u32 | ET;
+/// Readiness assumed before the first report: worth trying a syscall.
+pub(super) const UNKNOWN_READY: u32 = (libc::EPOLLIN | libc::EPOLLOUT) as u32;
 
 /// What the driver knows about one fd.
 #[derive(Debug, Default)]
@@ -40,18 +67,58 @@ pub(super) struct FdEntry {
     pub(super) pool_jobs: usize,
     /// The fd's close count when `class` was computed ([`crate::note_close`]).
     closes: u32,
+    /// `(st_dev, st_ino)` when `class` was computed: checked on slow paths to notice a number
+    /// closed and reused behind the driver's back without a close count.
+    identity: (u64, u64),
+    /// A short read empties the fd (stream socket, pipe): its `IN` readiness is then cleared.
+    pub(super) short_read_drains: bool,
+    /// A non-blocking I/O operation used it: it gets a persistent edge-triggered registration.
+    io_used: bool,
+    /// A blocking socket found listening (`SO_ACCEPTCONN`), so that the check is done once.
+    pub(super) listening: bool,
+    /// The readiness bits (`EPOLLIN`, `EPOLLOUT`, `EPOLLRDHUP`, `EPOLLERR`, `EPOLLHUP` …) as last
+    /// reported, minus what an `EAGAIN` (or a short read) showed to be gone.
+    pub(super) ready: u32,
 }
 
 impl FdEntry {
-    /// The events wanted in the epoll set: `None` when nothing waits (or the fd is unpollable).
+    /// The registration wanted in the epoll set (see the module docs): `None` when there should
+    /// be none.
     fn wanted(&self) -> Option<u32> {
-        if self.waiters.is_empty() || self.unpollable {
-            None
-        } else {
+        if self.unpollable {
+            return None;
+        }
+        if self.waiters.iter().any(|w| w.level) {
             Some(self.waiters.iter().fold(0, |acc, w| acc | w.bits))
+        } else if self.io_used {
+            Some(ET_INTEREST)
+        } else {
+            None
         }
     }
+
+    /// Whether the fd has its persistent edge-triggered registration (readiness is then only
+    /// reported on changes, and [`FdEntry::ready`] is what is known).
+    pub(super) fn edge_triggered(&self) -> bool {
+        self.registered.is_some_and(|ev| ev & ET != 0)
+    }
+
+    /// Records a readiness report: the registered bits are as the kernel says; the others (not
+    /// asked for) stay as they were known.
+    pub(super) fn update_ready(&mut self, revents: u32) {
+        let reported = self.registered.unwrap_or(0) & !ET | ERR_HUP;
+        self.ready = (self.ready & !reported) | revents;
+    }
+
+    /// Marks the fd as used by a non-blocking I/O operation (it gets the persistent registration
+    /// when it next waits).
+    pub(super) fn use_for_io(&mut self) {
+        self.io_used = true;
+    }
 }
+
+/// Error and hang-up: always reported, whether asked for or not.
+const ERR_HUP: u32 = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
 
 /// The table, indexed by fd.
 #[derive(Debug, Default)]
@@ -96,7 +163,7 @@ impl FdTable {
             .get(i)
             .is_some_and(|e| e.class.is_some() && e.closes == closes);
         if !known {
-            let class = FdClass::of(fd)?;
+            let probe = crate::fdclass::probe(fd)?;
             if i >= self.entries.len() {
                 self.entries.resize_with(i + 1, FdEntry::default);
             }
@@ -106,11 +173,56 @@ impl FdTable {
                 // known about the old one is void. Its registration went with the close.
                 e.registered = None;
                 e.unpollable = false;
+                e.io_used = false;
             }
-            e.class = Some(class);
+            if e.registered.is_none() {
+                e.ready = UNKNOWN_READY;
+            }
+            e.class = Some(probe.class);
+            e.listening = false;
+            e.identity = probe.identity;
+            e.short_read_drains = probe.short_read_drains;
             e.closes = closes;
         }
         Ok(&mut self.entries[i])
+    }
+
+    /// The events registered for `fd` in the epoll set, as the table knows them.
+    #[cfg(test)]
+    pub(super) fn registration(&self, fd: RawFd) -> Option<u32> {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.entries.get(i))
+            .and_then(|e| e.registered)
+    }
+
+    /// Whether `fd` still names the file its entry describes (one `fstat`: for slow paths).
+    /// `false` when it was closed and its number reused behind the driver's back, or closed.
+    pub(super) fn same_file(&mut self, fd: RawFd) -> bool {
+        let Some(e) = self.get_mut(fd) else {
+            return true;
+        };
+        if e.class.is_none() {
+            return true;
+        }
+        crate::fdclass::identity(fd).is_ok_and(|id| id == e.identity)
+    }
+
+    /// `fd` now names another file than its entry describes (closed and reused without a close
+    /// count): forgets what was known, registration included, without touching the epoll set
+    /// (`EPOLL_CTL_DEL` would now name the new file). Its waiters must have been taken. Returns
+    /// whether a registration was on record: the old file may still sit in the set (if it is
+    /// open elsewhere), and only a rebuilt set drops it.
+    pub(super) fn invalidate(&mut self, fd: RawFd) -> bool {
+        let Some(e) = self.get_mut(fd) else {
+            return false;
+        };
+        debug_assert!(e.waiters.is_empty());
+        e.class = None;
+        e.unpollable = false;
+        e.io_used = false;
+        e.ready = UNKNOWN_READY;
+        e.registered.take().is_some()
     }
 
     /// Records that `fd`'s waiters changed; its registration is brought up to date by the next
@@ -147,8 +259,10 @@ impl FdTable {
 
     /// Whether an I/O operation already waits on `fd` for some of `bits` (a new one must queue
     /// behind it, so that reads and writes on one fd complete in the order they were pushed).
-    pub(super) fn has_io_waiter(&mut self, fd: RawFd, bits: u32) -> bool {
-        self.get_mut(fd)
+    pub(super) fn has_io_waiter(&self, fd: RawFd, bits: u32) -> bool {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.entries.get(i))
             .is_some_and(|e| e.waiters.iter().any(|w| w.io && w.bits & bits != 0))
     }
 
@@ -240,6 +354,8 @@ impl FdTable {
             }
             e.class = None;
             e.unpollable = false;
+            e.io_used = false;
+            e.ready = UNKNOWN_READY;
         }
     }
 }

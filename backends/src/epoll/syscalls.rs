@@ -87,6 +87,134 @@ pub(super) fn route(op: &Op, class: FdClass) -> Route {
     }
 }
 
+/// The readiness an I/O operation waits for: `IN` for reads, receives and accepts, `OUT` for
+/// writes, sends and connects (0 for the others).
+pub(super) fn direction(op: &Op) -> u32 {
+    match op {
+        Op::Read { .. }
+        | Op::Readv { .. }
+        | Op::Recv { .. }
+        | Op::RecvMsg { .. }
+        | Op::Accept { .. } => IN,
+        Op::Write { .. }
+        | Op::Writev { .. }
+        | Op::Send { .. }
+        | Op::SendMsg { .. }
+        | Op::Connect { .. } => OUT,
+        // Nop, Poll, Close, Fsync: not driven by readiness.
+        _ => 0,
+    }
+}
+
+/// The total length of `iov[..iovcnt]`.
+///
+/// # Safety
+///
+/// `iov[..iovcnt]` is valid for reads (I2); a null `iov` is accepted when `iovcnt` is 0.
+unsafe fn iov_len(iov: *const libc::iovec, iovcnt: usize) -> usize {
+    if iov.is_null() || iovcnt == 0 {
+        return 0;
+    }
+    // SAFETY: the caller guarantees `iov[..iovcnt]` (I2), non-null here.
+    let slice = unsafe { std::slice::from_raw_parts(iov, iovcnt) };
+    slice
+        .iter()
+        .fold(0usize, |acc, v| acc.saturating_add(v.iov_len))
+}
+
+/// For a stream transfer (read, write, receive or send without `MSG_PEEK`, no offset): the
+/// readiness it uses and the bytes asked for. `None` for other operations.
+///
+/// # Safety
+///
+/// `op`'s iovecs and msghdr are valid for reads (I2).
+pub(super) unsafe fn stream_transfer(op: &Op) -> Option<(u32, usize)> {
+    // SAFETY: the caller guarantees `op`'s iovecs and msghdr (I2): `iov_len` and the reads of
+    // `*msg` only read them.
+    unsafe {
+        match *op {
+            Op::Read {
+                len, offset: None, ..
+            } => Some((IN, len as usize)),
+            Op::Recv { len, flags, .. } if flags & libc::MSG_PEEK == 0 => Some((IN, len as usize)),
+            Op::Readv {
+                iov,
+                iovcnt,
+                offset: None,
+                ..
+            } => Some((IN, iov_len(iov, iovcnt as usize))),
+            Op::RecvMsg { msg, flags, .. } if flags & libc::MSG_PEEK == 0 && !msg.is_null() => {
+                Some((IN, iov_len((*msg).msg_iov, (*msg).msg_iovlen)))
+            }
+            Op::Write {
+                len, offset: None, ..
+            } => Some((OUT, len as usize)),
+            Op::Send { len, .. } => Some((OUT, len as usize)),
+            Op::Writev {
+                iov,
+                iovcnt,
+                offset: None,
+                ..
+            } => Some((OUT, iov_len(iov, iovcnt as usize))),
+            Op::SendMsg { msg, .. } if !msg.is_null() => {
+                Some((OUT, iov_len((*msg).msg_iov, (*msg).msg_iovlen)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A read of nothing from the stream position (`Read` of length 0, `Readv` whose buffers add up
+/// to 0): issued as `read(2)`/`readv(2)`, which answer at once (0, or an error such as `EBADF`)
+/// on every kind of file. (A zero-length `recv(MSG_DONTWAIT)` on an idle socket would say
+/// `EAGAIN` and wait.) `None` for other operations.
+///
+/// # Safety
+///
+/// `op`'s buffer and iovecs are valid (I2), its fd open (I3).
+pub(super) unsafe fn empty_read(op: &Op) -> Option<i32> {
+    match *op {
+        Op::Read {
+            fd,
+            buf,
+            len: 0,
+            offset: None,
+        } => Some(retry(|| {
+            // SAFETY: a zero-length read writes nothing; the fd is open (I3).
+            unsafe { libc::read(fd, buf.cast(), 0) }
+        })),
+        Op::Readv {
+            fd,
+            iov,
+            iovcnt,
+            offset: None,
+            // SAFETY: the caller guarantees the iovecs (I2).
+        } if !iov.is_null() && unsafe { iov_len(iov, iovcnt as usize) } == 0 => Some(retry(|| {
+            // SAFETY: as above (I2, I3); buffers adding up to 0 bytes are not written.
+            unsafe { libc::readv(fd, iov, iovcnt as i32) as isize }
+        })),
+        _ => None,
+    }
+}
+
+/// Whether the socket `fd` listens (`SO_ACCEPTCONN`). `true` when it cannot be told: the
+/// accept itself then reports the error.
+pub(super) fn is_listening(fd: RawFd) -> bool {
+    let mut on: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `on` and `len` are live locals of the sizes getsockopt is told about.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            ptr::addr_of_mut!(on).cast(),
+            &mut len,
+        )
+    };
+    r != 0 || on != 0
+}
+
 /// The current `errno`.
 fn errno() -> i32 {
     std::io::Error::last_os_error()

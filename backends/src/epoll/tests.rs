@@ -631,3 +631,169 @@ fn reads_on_one_fd_complete_in_push_order() {
     assert_eq!(out.iter().map(|c| c.user_data).collect::<Vec<_>>(), [1, 2]);
     assert_eq!((&a, &b), (b"12", b"34"));
 }
+
+/// A connected pair of blocking Unix stream sockets (the driver adds `MSG_DONTWAIT`).
+fn socketpair() -> (OwnedFd, OwnedFd) {
+    let mut sv = [0; 2];
+    // SAFETY: `sv` has room for the two fds socketpair writes.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0);
+    // SAFETY: fresh fds owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) }
+}
+
+fn recv(fd: &OwnedFd, buf: &mut [u8]) -> Op {
+    Op::Recv {
+        fd: fd.as_raw_fd(),
+        buf: buf.as_mut_ptr(),
+        len: buf.len() as u32,
+        flags: 0,
+    }
+}
+
+const ET: u32 = libc::EPOLLET as u32;
+
+#[test]
+fn an_idle_socket_keeps_its_edge_triggered_registration() {
+    let mut d = driver();
+    let (a, b) = socketpair();
+    let fd = a.as_raw_fd();
+    let mut buf = [0u8; 8];
+    // SAFETY (every push below): `buf` and the sockets outlive the operations, which complete
+    // before the next push (I2, I3).
+    // SAFETY: see above (I2, I3).
+    unsafe { d.push(recv(&a, &mut buf), 1) };
+    let mut out = Vec::new();
+    d.wait(Some(Duration::ZERO), &mut out).unwrap();
+    assert!(out.is_empty());
+    let registered = d
+        .fds
+        .registration(fd)
+        .expect("registered while the recv waits");
+    assert_ne!(registered & ET, 0, "edge-triggered: {registered:#x}");
+
+    // A short read: the socket is drained, the next recv waits for the next edge.
+    write_all(b.as_raw_fd(), b"one");
+    assert_eq!(wait_for(&mut d, 1)[0].result, 3);
+    assert_eq!(d.fds.registration(fd), Some(registered), "kept while idle");
+    // SAFETY: see above (I2, I3).
+    unsafe { d.push(recv(&a, &mut buf), 2) };
+    let mut out = Vec::new();
+    d.wait(Some(Duration::ZERO), &mut out).unwrap();
+    assert!(out.is_empty(), "{out:?}");
+    write_all(b.as_raw_fd(), b"two");
+    assert_eq!(find(&wait_for(&mut d, 1), 2).result, 3);
+    assert_eq!(&buf[..3], b"two");
+
+    // Data that arrives while nobody waits is noted, and the next recv takes it.
+    write_all(b.as_raw_fd(), b"three");
+    let mut out = Vec::new();
+    d.wait(Some(Duration::ZERO), &mut out).unwrap();
+    // SAFETY: see above (I2, I3).
+    unsafe { d.push(recv(&a, &mut buf), 3) };
+    assert_eq!(find(&wait_for(&mut d, 1), 3).result, 5);
+    assert_eq!(&buf[..5], b"three");
+
+    // A read that fills its buffer leaves the rest known to be there.
+    write_all(b.as_raw_fd(), b"0123456789");
+    // SAFETY: see above (I2, I3).
+    unsafe { d.push(recv(&a, &mut buf), 4) };
+    assert_eq!(find(&wait_for(&mut d, 1), 4).result, 8);
+    // SAFETY: see above (I2, I3).
+    unsafe { d.push(recv(&a, &mut buf), 5) };
+    assert_eq!(find(&wait_for(&mut d, 1), 5).result, 2);
+    assert_eq!(&buf[..2], b"89");
+    assert_eq!(d.fds.registration(fd), Some(registered));
+
+    // Forgetting the fd removes the registration.
+    assert_eq!(d.cancel_fd(fd), 0);
+    assert_eq!(d.fds.registration(fd), None);
+}
+
+#[test]
+fn a_poll_on_an_edge_triggered_fd_stays_level_triggered() {
+    let mut d = driver();
+    let (a, b) = socketpair();
+    let fd = a.as_raw_fd();
+    let mut buf = [0u8; 4];
+    write_all(b.as_raw_fd(), b"abcdef");
+    // SAFETY (every push below): `buf` and the sockets outlive the operations, which complete
+    // before the next push (I2, I3); a poll references no memory.
+    // SAFETY: see above (I2, I3).
+    unsafe { d.push(recv(&a, &mut buf), 1) };
+    assert_eq!(wait_for(&mut d, 1)[0].result, 4);
+    // Two bytes are left. Each one-shot poll armed while they are there reports them, even
+    // though no new edge comes.
+    let poll = Op::Poll {
+        fd,
+        events: interest::READABLE,
+        multishot: false,
+    };
+    for round in 0..3 {
+        // SAFETY: see above (I2, I3).
+        unsafe { d.push(poll, 10 + round) };
+        let out = wait_for(&mut d, 1);
+        assert_ne!(out[0].result as u32 & interest::READABLE, 0, "{out:?}");
+    }
+    // SAFETY: see above (I2, I3).
+    unsafe { d.push(poll, 20) };
+    let mut out = Vec::new();
+    d.wait(Some(Duration::ZERO), &mut out).unwrap();
+    let registered = d.fds.registration(fd).expect("registered");
+    assert_eq!(registered & ET, 0, "level-triggered while the poll waits");
+    let out = if out.is_empty() {
+        wait_for(&mut d, 1)
+    } else {
+        out
+    };
+    assert_eq!(
+        find(&out, 20).result as u32 & interest::READABLE,
+        interest::READABLE
+    );
+    // SAFETY: see above (I2, I3).
+    unsafe { d.push(recv(&a, &mut buf), 2) };
+    assert_eq!(find(&wait_for(&mut d, 1), 2).result, 2);
+    let mut out = Vec::new();
+    d.wait(Some(Duration::ZERO), &mut out).unwrap();
+    let registered = d.fds.registration(fd).expect("registered");
+    assert_ne!(
+        registered & ET,
+        0,
+        "edge-triggered again once no poll waits"
+    );
+}
+
+#[test]
+fn a_read_of_nothing_answers_at_once() {
+    let mut d = driver();
+    let (a, _b) = socketpair();
+    // SAFETY: a zero-length read references no memory it could write; `a` outlives it.
+    unsafe {
+        d.push(
+            Op::Read {
+                fd: a.as_raw_fd(),
+                buf: std::ptr::null_mut(),
+                len: 0,
+                offset: None,
+            },
+            1,
+        )
+    };
+    let mut out = Vec::new();
+    d.wait(Some(Duration::ZERO), &mut out).unwrap();
+    assert_eq!(
+        out,
+        [Completion {
+            user_data: 1,
+            result: 0,
+            more: false
+        }]
+    );
+}
