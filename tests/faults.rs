@@ -1527,6 +1527,45 @@ mod foreign_fd_closed_and_reused_new_owner_on_the_same_loop {
     }
 }
 
+fault_tests! {
+    /// The common server pattern with raw fds: a connection served with `recv`/`send` is
+    /// dropped without `detach` (its number is closed behind the loop's back), and the next
+    /// `accept` hands out the same number for a new connection. The new connection's `recv`
+    /// must hear of its data (on epoll, the old file's registration and cached readiness must
+    /// not stand in for the new one's), for 50 connections in a row.
+    fn connection_dropped_without_detach_and_its_number_accepted_again(lp: &Loop) {
+        let listener = StdListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut numbers = Vec::new();
+        for i in 0..50u8 {
+            let mut client = StdStream::connect(addr).unwrap();
+            let accepted: Rc<RefCell<Option<OwnedFd>>> = Rc::default();
+            let a = accepted.clone();
+            lp.accept(&listener, move |_, res| *a.borrow_mut() = Some(res.unwrap().0));
+            run_until(lp, "the accept", || accepted.borrow().is_some());
+            let conn = accepted.borrow_mut().take().unwrap();
+            numbers.push(conn.as_raw_fd());
+            // Two round trips: the first leaves the fd drained (a short read), the second
+            // must wait for new data.
+            for round in 0..2u8 {
+                let got: Rc<RefCell<Option<Vec<u8>>>> = Rc::default();
+                let g = got.clone();
+                lp.recv(&conn, vec![0; 64], move |_, res, buf| {
+                    let n = res.unwrap();
+                    *g.borrow_mut() = Some(buf[..n].to_vec());
+                });
+                lp.run_for(Duration::from_millis(1)).unwrap();
+                client.write_all(&[i, round]).unwrap();
+                run_until(lp, "the recv on the new connection", || got.borrow().is_some());
+                assert_eq!(got.borrow().as_deref(), Some(&[i, round][..]));
+            }
+            drop(conn); // no detach: closed behind the loop's back
+        }
+        let reused = numbers.windows(2).filter(|w| w[0] == w[1]).count();
+        assert!(reused >= 40, "the kernel did not reuse the numbers: {numbers:?}");
+    }
+}
+
 // =============================================================================================
 // A handler that stops the loop
 // =============================================================================================

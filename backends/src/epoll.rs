@@ -571,6 +571,21 @@ impl Epoll {
         }
     }
 
+    /// `fd` was just handed out by the kernel (an accepted connection): whatever the table knew
+    /// under that number belongs to a file that was closed behind the driver's back (a
+    /// connection dropped without `Close`, `cancel_fd` or a close count), so it is dropped as
+    /// [`Epoll::number_reused`] does. This keeps the common server pattern (drop a connection,
+    /// accept the next one under the same number) safe with persistent registrations.
+    fn fresh_number(&mut self, fd: i32) {
+        // A changed close count means the close went through fdloop: the next use of the
+        // number refreshes its entry (`FdTable::entry`) without rebuilding the set.
+        let stale =
+            |e: &fds::FdEntry| e.class.is_some() && e.closes == crate::fdclass::close_count(fd);
+        if fd >= 0 && self.fds.get_mut(fd).is_some_and(|e| stale(e)) {
+            self.number_reused(fd);
+        }
+    }
+
     /// Parks the I/O operation `id` on `fd` until `bits` (or an error) is reported. An fd that
     /// has reported an error or a hang-up gets a level-triggered registration while the
     /// operation waits, so that a condition reported before the operation was pushed still
@@ -615,6 +630,9 @@ impl Epoll {
             let attempt = unsafe { syscalls::attempt(&op, class, ready, connecting) };
             // SAFETY: I2 holds for `op`'s iovecs and msghdr (our caller's promise).
             unsafe { self.note_attempt(&op, attempt) };
+            if let (Op::Accept { .. }, Attempt::Done(new_fd)) = (&op, attempt) {
+                self.fresh_number(new_fd);
+            }
             match attempt {
                 Attempt::Done(r) if multishot && r >= 0 => self.report(id, r),
                 Attempt::Done(r) => {

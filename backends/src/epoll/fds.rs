@@ -66,7 +66,7 @@ pub(super) struct FdEntry {
     /// Operations on this fd running or queued on the file pool.
     pub(super) pool_jobs: usize,
     /// The fd's close count when `class` was computed ([`crate::note_close`]).
-    closes: u32,
+    pub(super) closes: u32,
     /// `(st_dev, st_ino)` when `class` was computed: checked on slow paths to notice a number
     /// closed and reused behind the driver's back without a close count.
     identity: (u64, u64),
