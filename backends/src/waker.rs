@@ -1,18 +1,28 @@
-//! Cross-thread wake-ups through an eventfd, shared by both drivers.
+//! Cross-thread wake-ups through an eventfd, shared by both drivers; between two io_uring
+//! drivers, through `IORING_OP_MSG_RING` where the kernel has it (see `uring/msg_ring.rs`).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::sys::cvt;
 
-/// The eventfd behind a [`Waker`]. The driver watches `fd()` and calls [`WakeFd::drain`] when it
-/// is readable.
+/// Every [`WakeFd`] that other io_uring drivers may wake with `MSG_RING`, so that a message the
+/// kernel could not deliver (it fails only when memory runs out) still wakes its target: all of
+/// them are then woken through their eventfds, which is always allowed.
+static RING_WAKERS: Mutex<Vec<Weak<WakeFd>>> = Mutex::new(Vec::new());
+
+/// The eventfd behind a [`Waker`]. The driver watches `fd()` and calls [`WakeFd::drain`] (or
+/// [`WakeFd::rearm`]) when it is readable.
 pub(crate) struct WakeFd {
     fd: OwnedFd,
     /// Set by `wake`, cleared by `drain`: a burst of wake-ups costs one `write`.
     pending: AtomicBool,
+    /// A duplicate of the io_uring ring fd of the driver this waker wakes, when the kernel
+    /// offers `MSG_RING`: another io_uring driver may then post a wake-up CQE into that ring.
+    /// Owned here so that the ring outlives every message in flight towards it.
+    ring: OnceLock<OwnedFd>,
 }
 
 impl WakeFd {
@@ -23,11 +33,41 @@ impl WakeFd {
             // SAFETY: `raw` is a fresh fd that nothing else owns.
             fd: unsafe { OwnedFd::from_raw_fd(raw) },
             pending: AtomicBool::new(false),
+            ring: OnceLock::new(),
         }))
     }
 
     pub(crate) fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// The ring fd (a duplicate owned by this waker) that `MSG_RING` may target, if any.
+    pub(crate) fn ring_fd(&self) -> Option<RawFd> {
+        self.ring.get().map(AsRawFd::as_raw_fd)
+    }
+
+    /// Lets other io_uring drivers wake this one with `MSG_RING` on `ring` (a duplicate of its
+    /// ring fd).
+    pub(crate) fn set_ring(self: &Arc<WakeFd>, ring: OwnedFd) {
+        if self.ring.set(ring).is_ok() {
+            let mut all = RING_WAKERS.lock().unwrap_or_else(|e| e.into_inner());
+            all.retain(|w| w.strong_count() > 0);
+            all.push(Arc::downgrade(self));
+        }
+    }
+
+    /// Wakes every driver that `MSG_RING` may target (a message could not be delivered and
+    /// its target is unknown; spurious wake-ups are harmless).
+    pub(crate) fn wake_all_rings() {
+        let all: Vec<Arc<WakeFd>> = RING_WAKERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for w in all {
+            w.wake();
+        }
     }
 
     /// Consumes the eventfd's counter and re-enables writes.
@@ -41,6 +81,21 @@ impl WakeFd {
         let mut v = 0u64;
         // SAFETY: `v` is a live 8-byte buffer for the duration of the call; the fd is ours.
         unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        self.pending.store(false, Ordering::SeqCst);
+    }
+
+    /// Re-enables writes without consuming the counter, for a watcher that is told about every
+    /// `write` rather than about the counter being non-zero: io_uring's multishot poll posts a
+    /// CQE per wake-up of the eventfd's wait queue, and each `write` is one, however high the
+    /// counter already is. Saves the `read` of [`WakeFd::drain`]. The counter only grows by one
+    /// per `rearm` (a `wake` writes only after one), so it never saturates in practice; and a
+    /// watcher that is re-armed must `drain` first (a new poll on a readable eventfd fires at
+    /// once).
+    ///
+    /// A `wake` that lands before the store is not written; as in `drain`, it published its
+    /// state first and the caller looks at that state afterwards. One that lands after the store
+    /// writes, and the poll reports that write.
+    pub(crate) fn rearm(&self) {
         self.pending.store(false, Ordering::SeqCst);
     }
 
@@ -65,6 +120,10 @@ impl Waker {
         Waker { inner }
     }
 
+    pub(crate) fn inner(&self) -> &Arc<WakeFd> {
+        &self.inner
+    }
+
     /// Makes the driver's current or next `wait` return. Async-signal-safe after the first call
     /// (an atomic swap and a `write`).
     pub fn wake(&self) {
@@ -76,6 +135,7 @@ impl std::fmt::Debug for Waker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Waker")
             .field("fd", &self.inner.fd())
+            .field("msg_ring", &self.inner.ring_fd().is_some())
             .finish()
     }
 }
