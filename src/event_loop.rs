@@ -288,7 +288,6 @@ impl Loop {
             }
         }
         let _running = Running(&inner.running);
-        let _current = crate::handle::enter_run(inner);
         // A stop requested before `run` (from a callback or another thread) is honoured: the
         // flag is cleared only when a run ends.
         loop {

@@ -1,6 +1,5 @@
 //! [`LoopHandle`]: the part of a loop that other threads may hold.
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
@@ -10,37 +9,7 @@ use std::thread::{self, ThreadId};
 
 use fdloop_backends::Waker;
 
-use crate::event_loop::Inner;
 use crate::Loop;
-
-thread_local! {
-    /// The loop running on this thread (the innermost one when a callback runs another loop),
-    /// for the duration of its `run`; null otherwise. See [`RunGuard`].
-    static RUNNING: Cell<*const Inner> = const { Cell::new(std::ptr::null()) };
-}
-
-/// Marks a loop as running on this thread while it lives (see [`Shared::post`]); on drop it
-/// submits the wake-ups the loop's driver queued for other loops, since the loop may not enter
-/// the kernel again for a long time.
-pub(crate) struct RunGuard<'a> {
-    inner: &'a Inner,
-    prev: *const Inner,
-}
-
-/// Called by `Loop::run*` for the duration of a run.
-pub(crate) fn enter_run(inner: &Inner) -> RunGuard<'_> {
-    let prev = RUNNING.with(|r| r.replace(inner));
-    RunGuard { inner, prev }
-}
-
-impl Drop for RunGuard<'_> {
-    fn drop(&mut self) {
-        RUNNING.with(|r| r.set(self.prev));
-        if let Ok(mut driver) = self.inner.driver.try_borrow_mut() {
-            driver.flush_messages();
-        }
-    }
-}
 
 /// A closure posted to a loop from another thread.
 pub(crate) type Posted = Box<dyn FnOnce(&Loop) + Send>;
@@ -86,39 +55,14 @@ impl Shared {
         Ok(())
     }
 
-    /// Makes the loop look at `has_posts` soon, as cheaply as the posting thread allows:
-    ///
-    /// * from the loop's own thread, nothing: the loop is not blocked in its driver (this code
-    ///   runs on that thread), and it looks at `has_posts` before it next waits;
-    /// * from a thread whose own io_uring loop is running, a `MSG_RING` request queued in that
-    ///   loop's ring: it leaves with the poster's next `io_uring_enter` (the one it makes to
-    ///   wait, or the one at the end of its run) and posts a CQE into the target's ring, which
-    ///   ends the target's wait (see `fdloop_backends` `uring/msg_ring.rs`). A callback that
-    ///   keeps its thread busy delays that wake-up, as it delays everything else on its loop;
-    /// * otherwise (plain threads, epoll loops, kernels without `MSG_RING`), the eventfd.
-    ///
-    /// No wake-up is lost: `has_posts` is stored (under the queue's lock) before any of these,
-    /// and the loop reads it after its wait returns.
+    /// Makes the loop look at `has_posts` soon. From the loop's own thread nothing is needed:
+    /// the loop is not blocked in its driver (this code runs on that thread), and it looks at
+    /// `has_posts` before it next waits (a closure posted by a callback or a fiber runs in the
+    /// next iteration without a wake-up). From any other thread, the waker's eventfd; no
+    /// wake-up is lost because `has_posts` is stored (under the queue's lock) before it, and
+    /// the loop reads it after its wait returns.
     fn notify(&self) {
-        if self.thread == thread::current().id() {
-            return;
-        }
-        let queued = RUNNING.with(|r| {
-            let running = r.get();
-            if running.is_null() {
-                return false;
-            }
-            // SAFETY: `RUNNING` holds a loop's `Inner` only while a `RunGuard` borrowing it
-            // lives on this thread (guards nest and restore the previous value on drop), so
-            // the pointer is valid here.
-            let inner = unsafe { &*running };
-            // Busy (the driver is borrowed by its own code): use the eventfd.
-            inner
-                .driver
-                .try_borrow_mut()
-                .is_ok_and(|mut driver| driver.wake_remote(&self.waker))
-        });
-        if !queued {
+        if self.thread != thread::current().id() {
             self.waker.wake();
         }
     }

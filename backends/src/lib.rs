@@ -522,23 +522,6 @@ impl Driver {
         }
     }
 
-    /// Wakes the driver behind `target` through this driver's next `wait` instead of a syscall
-    /// now (io_uring to io_uring with `MSG_RING`). `false` when not possible: wake `target`
-    /// itself then. Only for a driver that will wait (or [`Driver::flush_messages`]) soon.
-    pub fn wake_remote(&mut self, target: &Waker) -> bool {
-        match self {
-            Driver::Uring(d) => d.wake_remote(target),
-            Driver::Epoll(_) => false,
-        }
-    }
-
-    /// Submits the wake-ups [`Driver::wake_remote`] queued, without waiting.
-    pub fn flush_messages(&mut self) {
-        if let Driver::Uring(d) = self {
-            d.flush_messages();
-        }
-    }
-
     /// Operations pushed whose final completion has not been returned yet.
     pub fn in_flight(&self) -> usize {
         match self {

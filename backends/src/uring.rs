@@ -58,9 +58,7 @@
 //! * **Waker.** An eventfd watched by a multishot `POLL_ADD` (re-armed when a CQE lacks
 //!   `F_MORE`). Its CQEs end a wait but never appear among the completions. The multishot poll
 //!   reports every `write`, so the counter is not read back (see `WakeFd::rearm`); it is drained
-//!   before the poll is re-armed. Where the kernel has `MSG_RING`, another io_uring driver wakes
-//!   this one with a CQE posted straight into its ring instead ([`Uring::wake_remote`], see
-//!   `msg_ring.rs`).
+//!   before the poll is re-armed.
 //! * **Signals.** A signal ends a blocked wait with EINTR, which `wait` reports as a normal
 //!   return. When the same `io_uring_enter` also submitted SQEs, the kernel reports the
 //!   submission count instead of EINTR and the driver cannot tell; it then waits on. Signal
@@ -98,7 +96,6 @@
 //!   there and any access faults. Spawn children with `posix_spawn`/`Command`, or fork and exec
 //!   without running loop code in between.
 
-mod msg_ring;
 mod ops;
 mod setup;
 #[cfg(test)]
@@ -123,10 +120,9 @@ use setup::Features;
 const CANCEL_UD: u64 = u64::MAX;
 /// `user_data` of the waker's poll.
 const WAKER_UD: u64 = u64::MAX - 1;
-/// The lowest reserved `user_data` (see also `setup::PROBE_*_UD`, `msg_ring::MSG_*_UD`). An
-/// `OpId` packs a slab index in the low 32 bits; the slab never holds `u32::MAX - 5` entries,
-/// so ids stay below.
-const RESERVED_MIN: u64 = u64::MAX - 5;
+/// The lowest reserved `user_data` (see also `setup::PROBE_*_UD`). An `OpId` packs a slab index
+/// in the low 32 bits; the slab never holds `u32::MAX - 3` entries, so ids stay below.
+const RESERVED_MIN: u64 = u64::MAX - 3;
 
 /// How often `shutdown` re-sends cancels while nothing completes.
 const SHUTDOWN_TICK: Duration = Duration::from_millis(100);
@@ -189,8 +185,6 @@ pub struct Uring {
     wake: Arc<WakeFd>,
     /// The waker's poll is in the SQ or the kernel.
     waker_armed: bool,
-    /// `MSG_RING` wake-ups of other drivers queued in the SQ.
-    outbox: msg_ring::Outbox,
     /// Reaped CQEs (reused; capacity = CQ size).
     cqes: Vec<cqueue::Entry>,
     /// Reused list for `cancel_fd` and `shutdown`.
@@ -212,16 +206,11 @@ impl Uring {
         setup::check_features(&ring)?;
         setup::probe_opcodes(&ring)?;
         let (features, waker_armed) = setup::detect(&mut ring, wake.fd(), WAKER_UD);
-        let msg_ring = msg_ring::supported(&ring);
-        if msg_ring {
-            wake.set_ring(msg_ring::dup_ring_fd(&ring)?);
-        }
         let sq = ring.params().sq_entries();
         let cq = ring.params().cq_entries();
         let reason = format!(
-            "io_uring available (setup flags {flags}, {sq} SQ / {cq} CQ entries; {}{})",
-            features.describe(),
-            if msg_ring { ", MSG_RING wake-ups" } else { "" }
+            "io_uring available (setup flags {flags}, {sq} SQ / {cq} CQ entries; {})",
+            features.describe()
         );
         let mut uring = Uring {
             ring: Box::new(ring),
@@ -242,7 +231,6 @@ impl Uring {
             classes: Vec::new(),
             wake,
             waker_armed,
-            outbox: msg_ring::Outbox::default(),
             cqes: Vec::with_capacity(cq as usize),
             scratch: Vec::new(),
             _not_send: PhantomData,
@@ -436,35 +424,6 @@ impl Uring {
     /// A handle that wakes this driver's `wait` from any thread.
     pub fn waker(&self) -> Waker {
         Waker::new(self.wake.clone())
-    }
-
-    /// Queues a wake-up of the driver behind `target` as a `MSG_RING` request, submitted by this
-    /// driver's next `wait` (or [`Uring::flush_messages`]); no syscall now. `false` when that is
-    /// not possible (the kernel lacks `MSG_RING`, `target` is not an io_uring driver's, the SQ
-    /// is full): then wake `target` as usual. Call it only when this driver will enter the
-    /// kernel soon, lest the wake-up be late.
-    pub fn wake_remote(&mut self, target: &Waker) -> bool {
-        let target = target.inner();
-        if Arc::ptr_eq(target, &self.wake) {
-            return false;
-        }
-        let Some(sqe) = msg_ring::Outbox::sqe(target) else {
-            return false;
-        };
-        // SAFETY: a MSG_RING SQE points to no memory; its fd (the target's ring, a duplicate
-        // that `target` owns) stays open until submission because the outbox holds `target`.
-        let pushed = unsafe { self.ring.submission().push(&sqe) }.is_ok();
-        if pushed {
-            self.outbox.hold(target);
-        }
-        pushed
-    }
-
-    /// Submits queued `MSG_RING` wake-ups now (one `io_uring_enter` that does not wait), if any.
-    pub fn flush_messages(&mut self) {
-        if !self.outbox.is_empty() {
-            let _ = self.enter(0, None, true);
-        }
     }
 
     /// Operations pushed whose final completion has not been returned yet.
@@ -748,15 +707,11 @@ impl Uring {
         // SAFETY: `args` is a valid `io_uring_getevents_arg` (SubmitArgs is repr(transparent))
         // whose timespec outlives the call; the SQEs submitted point to memory kept valid until
         // their operations' final CQEs (I2, I3).
-        let r = unsafe {
+        unsafe {
             self.ring
                 .submitter()
                 .enter(to_submit, min_complete, flags, Some(&args))
-        };
-        if !self.outbox.is_empty() && self.ring.submission().is_empty() {
-            self.outbox.submitted();
         }
-        r
     }
 
     /// Handles every CQE in the CQ now. Returns whether the waker fired.
@@ -788,13 +743,6 @@ impl Uring {
                 self.arm_waker();
             }
             return res >= 0;
-        }
-        if ud == msg_ring::MSG_WAKE_UD {
-            return true;
-        }
-        if ud == msg_ring::MSG_SENT_UD {
-            msg_ring::Outbox::failed(res);
-            return false;
         }
         if ud >= RESERVED_MIN {
             return false;

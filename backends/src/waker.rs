@@ -1,17 +1,11 @@
-//! Cross-thread wake-ups through an eventfd, shared by both drivers; between two io_uring
-//! drivers, through `IORING_OP_MSG_RING` where the kernel has it (see `uring/msg_ring.rs`).
+//! Cross-thread wake-ups through an eventfd, shared by both drivers.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::Arc;
 
 use crate::sys::cvt;
-
-/// Every [`WakeFd`] that other io_uring drivers may wake with `MSG_RING`, so that a message the
-/// kernel could not deliver (it fails only when memory runs out) still wakes its target: all of
-/// them are then woken through their eventfds, which is always allowed.
-static RING_WAKERS: Mutex<Vec<Weak<WakeFd>>> = Mutex::new(Vec::new());
 
 /// The eventfd behind a [`Waker`]. The driver watches `fd()` and calls [`WakeFd::drain`] (or
 /// [`WakeFd::rearm`]) when it is readable.
@@ -19,10 +13,6 @@ pub(crate) struct WakeFd {
     fd: OwnedFd,
     /// Set by `wake`, cleared by `drain`: a burst of wake-ups costs one `write`.
     pending: AtomicBool,
-    /// A duplicate of the io_uring ring fd of the driver this waker wakes, when the kernel
-    /// offers `MSG_RING`: another io_uring driver may then post a wake-up CQE into that ring.
-    /// Owned here so that the ring outlives every message in flight towards it.
-    ring: OnceLock<OwnedFd>,
 }
 
 impl WakeFd {
@@ -33,41 +23,11 @@ impl WakeFd {
             // SAFETY: `raw` is a fresh fd that nothing else owns.
             fd: unsafe { OwnedFd::from_raw_fd(raw) },
             pending: AtomicBool::new(false),
-            ring: OnceLock::new(),
         }))
     }
 
     pub(crate) fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
-    }
-
-    /// The ring fd (a duplicate owned by this waker) that `MSG_RING` may target, if any.
-    pub(crate) fn ring_fd(&self) -> Option<RawFd> {
-        self.ring.get().map(AsRawFd::as_raw_fd)
-    }
-
-    /// Lets other io_uring drivers wake this one with `MSG_RING` on `ring` (a duplicate of its
-    /// ring fd).
-    pub(crate) fn set_ring(self: &Arc<WakeFd>, ring: OwnedFd) {
-        if self.ring.set(ring).is_ok() {
-            let mut all = RING_WAKERS.lock().unwrap_or_else(|e| e.into_inner());
-            all.retain(|w| w.strong_count() > 0);
-            all.push(Arc::downgrade(self));
-        }
-    }
-
-    /// Wakes every driver that `MSG_RING` may target (a message could not be delivered and
-    /// its target is unknown; spurious wake-ups are harmless).
-    pub(crate) fn wake_all_rings() {
-        let all: Vec<Arc<WakeFd>> = RING_WAKERS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for w in all {
-            w.wake();
-        }
     }
 
     /// Consumes the eventfd's counter and re-enables writes.
@@ -120,10 +80,6 @@ impl Waker {
         Waker { inner }
     }
 
-    pub(crate) fn inner(&self) -> &Arc<WakeFd> {
-        &self.inner
-    }
-
     /// Makes the driver's current or next `wait` return. Async-signal-safe after the first call
     /// (an atomic swap and a `write`).
     pub fn wake(&self) {
@@ -135,7 +91,6 @@ impl std::fmt::Debug for Waker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Waker")
             .field("fd", &self.inner.fd())
-            .field("msg_ring", &self.inner.ring_fd().is_some())
             .finish()
     }
 }
