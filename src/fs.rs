@@ -170,8 +170,8 @@ unsafe fn read_cached(fd: RawFd, iov: *const libc::iovec, cnt: usize, offset: u6
         return Cached::Miss; // the backend reports EINVAL
     };
     let cnt = cnt.min(1024) as libc::c_int; // IOV_MAX; a short read is allowed
-    // SAFETY: forwarded from this function's contract; `fd` is open for the call (the caller
-    // holds the `File`).
+                                            // SAFETY: forwarded from this function's contract; `fd` is open for the call (the caller
+                                            // holds the `File`).
     let r = unsafe { libc::preadv2(fd, iov, cnt, off, libc::RWF_NOWAIT) };
     if r >= 0 {
         return Cached::Read(r as usize);
