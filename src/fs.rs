@@ -169,9 +169,11 @@ unsafe fn read_cached(fd: RawFd, iov: *const libc::iovec, cnt: usize, offset: u6
     let Ok(off) = libc::off_t::try_from(offset) else {
         return Cached::Miss; // the backend reports EINVAL
     };
-    let cnt = cnt.min(1024) as libc::c_int; // IOV_MAX; a short read is allowed
-                                            // SAFETY: forwarded from this function's contract; `fd` is open for the call (the caller
-                                            // holds the `File`).
+    // At most IOV_MAX (1024) slices; reading fewer is a short read, which is allowed.
+    let cnt = cnt.min(1024) as libc::c_int;
+    // SAFETY: forwarded from this function's contract; `fd` is open for the call (the caller
+    // holds the `File`). RWF_NOWAIT is the same non-blocking attempt io_uring makes inline on
+    // the submitting thread before it hands a read to a worker.
     let r = unsafe { libc::preadv2(fd, iov, cnt, off, libc::RWF_NOWAIT) };
     if r >= 0 {
         return Cached::Read(r as usize);
