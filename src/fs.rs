@@ -33,6 +33,14 @@
 //!   small file thread pool and the fiber is resumed when the thread is done (a read of cached
 //!   data may complete at once). Other fibers and callbacks keep running meanwhile; the number
 //!   of file operations running in parallel is bounded by that pool.
+//! * On both backends, a **positional read** (`read_at`, `read_exact_at`, and `Read` at the
+//!   cursor) first tries `preadv2(…, RWF_NOWAIT)` on the loop's thread: data in the page cache
+//!   is copied at once, without a trip through the ring or the pool; otherwise (`EAGAIN`) the
+//!   read goes to the backend as above. A partial hit keeps what was cached and asks the
+//!   backend for the rest (a vectored read returns the cached part as a short read). Files
+//!   opened with `O_DIRECT` skip this step, and so does an fd that refuses it (a file system
+//!   without `RWF_NOWAIT`, a non-regular file). A fiber whose reads keep hitting the cache
+//!   yields to the loop every 64 hits, so it cannot starve timers, I/O or other fibers.
 //! * On both backends, opening a file, [`File::metadata`], [`File::set_len`] and
 //!   [`File::set_permissions`] run on the loop's thread pool through [`crate::fiber::unblock`]
 //!   (`openat` and `statx` may wait for the disk or the network).
@@ -56,6 +64,7 @@
 //! `File`'s cursor; see [`File`] for what happens when several fibers use it at once.
 //! [`File::read_at`] and [`File::write_at`] ignore the cursor: use them for concurrent access.
 
+use std::cell::Cell;
 use std::ffi::CString;
 use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut, Read, Seek, SeekFrom, Write};
@@ -63,7 +72,7 @@ use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::fiber::{self, ops, scheduler};
@@ -123,10 +132,75 @@ fn kernel_pos(fd: RawFd) -> Option<u64> {
     u64::try_from(pos).ok()
 }
 
-/// Whether `O_APPEND` is set on `fd`'s open file description.
-fn is_append(fd: RawFd) -> bool {
+/// The status flags of `fd`'s open file description (`O_APPEND`, `O_DIRECT` …).
+fn status_flags(fd: RawFd) -> io::Result<i32> {
     // SAFETY: F_GETFL takes no pointer argument.
-    cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) }).is_ok_and(|fl| fl & libc::O_APPEND != 0)
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })
+}
+
+/// How many page-cache hits in a row a thread's fibers may take before the one that scores
+/// the next yields: a fiber whose reads are all served by the cache never suspends otherwise,
+/// and would keep timers, I/O and the other fibers waiting.
+const CACHED_STREAK_MAX: u32 = 64;
+
+thread_local! {
+    /// Page-cache hits of the fast path on this thread since a fiber last suspended for one.
+    static CACHED_STREAK: Cell<u32> = const { Cell::new(0) };
+}
+
+/// What the `RWF_NOWAIT` attempt of a positional read found.
+enum Cached {
+    /// `n` bytes came from the page cache (possibly fewer than asked, possibly 0).
+    Read(usize),
+    /// Nothing could be read without blocking; the read must go to the backend.
+    Miss,
+    /// This fd cannot do non-blocking positional reads (not a regular file, a file system
+    /// without `RWF_NOWAIT`, an old kernel): do not try again.
+    Never,
+}
+
+/// One `preadv2(fd, iov, offset, RWF_NOWAIT)`: served from the page cache or refused at once,
+/// never waiting for the disk.
+///
+/// # Safety
+///
+/// `iov` points to `cnt` `iovec`s whose buffers are writable and stay alive across the call.
+unsafe fn read_cached(fd: RawFd, iov: *const libc::iovec, cnt: usize, offset: u64) -> Cached {
+    let Ok(off) = libc::off_t::try_from(offset) else {
+        return Cached::Miss; // the backend reports EINVAL
+    };
+    // At most IOV_MAX (1024) slices; reading fewer is a short read, which is allowed.
+    let cnt = cnt.min(1024) as libc::c_int;
+    // SAFETY: forwarded from this function's contract; `fd` is open for the call (the caller
+    // holds the `File`). RWF_NOWAIT is the same non-blocking attempt io_uring makes inline on
+    // the submitting thread before it hands a read to a worker.
+    let r = unsafe { libc::preadv2(fd, iov, cnt, off, libc::RWF_NOWAIT) };
+    if r >= 0 {
+        return Cached::Read(r as usize);
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::ESPIPE | libc::EINVAL) => Cached::Never,
+        // EAGAIN (not cached), EINTR, and real errors, which the backend's read reports.
+        _ => Cached::Miss,
+    }
+}
+
+/// A read served by the page cache: counts it, and lets the loop run every
+/// [`CACHED_STREAK_MAX`] hits.
+fn cached_hit() {
+    let streak = CACHED_STREAK.with(|s| {
+        let v = s.get() + 1;
+        s.set(if v >= CACHED_STREAK_MAX { 0 } else { v });
+        v
+    });
+    if streak >= CACHED_STREAK_MAX {
+        fiber::yield_now();
+    }
+}
+
+/// A read that went to the backend (the fiber suspended): the streak starts over.
+fn cached_miss() {
+    CACHED_STREAK.with(|s| s.set(0));
 }
 
 /// Runs `f` on the loop's thread pool with a `std::fs::File` view of `fd`.
@@ -341,7 +415,8 @@ impl OpenOptions {
             Ok((fd, len))
         })
         .map_err(|e| path_error("cannot open", path, e))?;
-        Ok((File::adopt(fd, 0, flags & libc::O_APPEND != 0), len))
+        let (append, direct) = (flags & libc::O_APPEND != 0, flags & libc::O_DIRECT != 0);
+        Ok((File::adopt(fd, 0, append, direct), len))
     }
 }
 
@@ -368,6 +443,9 @@ pub struct File {
     fd: Arc<LoopFd>,
     pos: AtomicU64,
     append: bool,
+    /// Positional reads try `preadv2(RWF_NOWAIT)` first (see the module docs); cleared for
+    /// `O_DIRECT` files and for fds that refuse it.
+    try_cached: AtomicBool,
 }
 
 impl fmt::Debug for File {
@@ -381,8 +459,9 @@ impl fmt::Debug for File {
 }
 
 impl File {
-    /// Takes ownership of `fd` with the cursor at `pos`.
-    fn adopt(fd: OwnedFd, pos: u64, append: bool) -> File {
+    /// Takes ownership of `fd` with the cursor at `pos`. `direct`: opened with `O_DIRECT`
+    /// (reads skip the page-cache fast path).
+    fn adopt(fd: OwnedFd, pos: u64, append: bool, direct: bool) -> File {
         // The number may have been something else before: make sure no loop of this thread
         // still treats it as that.
         crate::event_loop::forget_fd(fd.as_raw_fd());
@@ -390,6 +469,7 @@ impl File {
             fd: Arc::new(LoopFd::new(fd)),
             pos: AtomicU64::new(pos),
             append,
+            try_cached: AtomicBool::new(!direct),
         }
     }
 
@@ -457,7 +537,7 @@ impl File {
     /// Outside a fiber.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         need_fiber("fdloop::fs::File::read_at");
-        ops::read(self.raw(), buf, Some(offset), None)
+        self.pread(buf, offset)
     }
 
     /// Writes up to `buf.len()` bytes at `offset` (`pwrite(2)`), without using or moving the
@@ -489,7 +569,7 @@ impl File {
     pub fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
         need_fiber("fdloop::fs::File::read_exact_at");
         while !buf.is_empty() {
-            match ops::read(self.raw(), buf, Some(offset), None) {
+            match self.pread(buf, offset) {
                 Ok(0) => break,
                 Ok(n) => {
                     buf = &mut buf[n..];
@@ -622,10 +702,12 @@ impl File {
     /// `EMFILE` / `ENFILE` when out of fds.
     pub fn try_clone(&self) -> io::Result<File> {
         let fd = self.fd.as_fd().try_clone_to_owned()?;
+        let direct = !self.try_cached.load(Ordering::Relaxed);
         Ok(File::adopt(
             fd,
             self.pos.load(Ordering::Relaxed),
             self.append,
+            direct,
         ))
     }
 
@@ -658,6 +740,56 @@ impl File {
         fd
     }
 
+    /// A positional read in a fiber: the page-cache fast path, then the backend for what it
+    /// did not serve.
+    fn pread(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut got = 0;
+        if !buf.is_empty() && self.try_cached.load(Ordering::Relaxed) {
+            let iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            // SAFETY: `iov` describes `buf`, which is writable and outlives the call.
+            match unsafe { read_cached(self.raw(), &iov, 1, offset) } {
+                Cached::Read(n) if n == buf.len() => {
+                    cached_hit();
+                    return Ok(n);
+                }
+                // Short: the end of the file, or only part of the range is cached. 0 is never
+                // taken for the end of the file here: the backend's read says.
+                Cached::Read(n) => got = n,
+                Cached::Miss => {}
+                Cached::Never => self.try_cached.store(false, Ordering::Relaxed),
+            }
+        }
+        cached_miss();
+        match ops::read(self.raw(), &mut buf[got..], Some(offset + got as u64), None) {
+            Ok(n) => Ok(got + n),
+            // The cached part was read: report it; the error comes back on the next call.
+            Err(_) if got > 0 => Ok(got),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`File::pread`], vectored. A partial page-cache hit is returned as a short read (the
+    /// slices are the caller's and are not advanced).
+    fn preadv(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<usize> {
+        if self.try_cached.load(Ordering::Relaxed) && bufs.iter().any(|b| !b.is_empty()) {
+            // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` (std guarantees it on Unix);
+            // the buffers are writable and outlive the call.
+            match unsafe { read_cached(self.raw(), bufs.as_ptr().cast(), bufs.len(), offset) } {
+                Cached::Read(n) if n > 0 => {
+                    cached_hit();
+                    return Ok(n);
+                }
+                Cached::Read(_) | Cached::Miss => {}
+                Cached::Never => self.try_cached.store(false, Ordering::Relaxed),
+            }
+        }
+        cached_miss();
+        ops::readv(self.raw(), bufs, Some(offset), None)
+    }
+
     /// The cursor after a write of `n` bytes that started at `pos`.
     fn after_write(&self, pos: u64, n: usize) {
         let new = if self.append {
@@ -673,7 +805,7 @@ impl File {
     fn read_cursor(&self, buf: &mut [u8]) -> io::Result<usize> {
         need_fiber("fdloop::fs::File::read");
         let pos = self.pos.load(Ordering::Relaxed);
-        let n = ops::read(self.raw(), buf, Some(pos), None)?;
+        let n = self.pread(buf, pos)?;
         self.pos.store(pos + n as u64, Ordering::Relaxed);
         Ok(n)
     }
@@ -681,7 +813,7 @@ impl File {
     fn read_cursor_vectored(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
         need_fiber("fdloop::fs::File::read_vectored");
         let pos = self.pos.load(Ordering::Relaxed);
-        let n = ops::readv(self.raw(), bufs, Some(pos), None)?;
+        let n = self.preadv(bufs, pos)?;
         self.pos.store(pos + n as u64, Ordering::Relaxed);
         Ok(n)
     }
@@ -932,7 +1064,9 @@ impl From<OwnedFd> for File {
     /// none), and append mode follows the fd's `O_APPEND`. Nothing about the fd is changed.
     fn from(fd: OwnedFd) -> File {
         let raw = fd.as_raw_fd();
-        File::adopt(fd, kernel_pos(raw).unwrap_or(0), is_append(raw))
+        let flags = status_flags(raw).unwrap_or(libc::O_DIRECT);
+        let (append, direct) = (flags & libc::O_APPEND != 0, flags & libc::O_DIRECT != 0);
+        File::adopt(fd, kernel_pos(raw).unwrap_or(0), append, direct)
     }
 }
 

@@ -56,7 +56,9 @@
 //!   that has ended). Normal traffic costs one `poll(2)` per wake-up meanwhile. kernfs/sysfs
 //!   `POLLPRI` notifications need none of this. Such a `Poll` looks up the fd's kind too.
 //! * **Waker.** An eventfd watched by a multishot `POLL_ADD` (re-armed when a CQE lacks
-//!   `F_MORE`). Its CQEs end a wait but never appear among the completions.
+//!   `F_MORE`). Its CQEs end a wait but never appear among the completions. The multishot poll
+//!   reports every `write`, so the counter is not read back (see `WakeFd::rearm`); it is drained
+//!   before the poll is re-armed.
 //! * **Signals.** A signal ends a blocked wait with EINTR, which `wait` reports as a normal
 //!   return. When the same `io_uring_enter` also submitted SQEs, the kernel reports the
 //!   submission count instead of EINTR and the driver cannot tell; it then waits on. Signal
@@ -730,8 +732,10 @@ impl Uring {
     fn on_cqe(&mut self, ud: u64, res: i32, flags: u32, out: &mut Vec<Completion>) -> bool {
         let more = cqueue::more(flags);
         if ud == WAKER_UD {
-            self.wake.drain();
-            if !more {
+            if more {
+                self.wake.rearm();
+            } else {
+                self.wake.drain();
                 self.waker_armed = false;
                 if res == -libc::EINVAL && self.features.multishot_poll {
                     self.features.multishot_poll = false;

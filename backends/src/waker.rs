@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use crate::sys::cvt;
 
-/// The eventfd behind a [`Waker`]. The driver watches `fd()` and calls [`WakeFd::drain`] when it
-/// is readable.
+/// The eventfd behind a [`Waker`]. The driver watches `fd()` and calls [`WakeFd::drain`] (or
+/// [`WakeFd::rearm`]) when it is readable.
 pub(crate) struct WakeFd {
     fd: OwnedFd,
     /// Set by `wake`, cleared by `drain`: a burst of wake-ups costs one `write`.
@@ -41,6 +41,21 @@ impl WakeFd {
         let mut v = 0u64;
         // SAFETY: `v` is a live 8-byte buffer for the duration of the call; the fd is ours.
         unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        self.pending.store(false, Ordering::SeqCst);
+    }
+
+    /// Re-enables writes without consuming the counter, for a watcher that is told about every
+    /// `write` rather than about the counter being non-zero: io_uring's multishot poll posts a
+    /// CQE per wake-up of the eventfd's wait queue, and each `write` is one, however high the
+    /// counter already is. Saves the `read` of [`WakeFd::drain`]. The counter only grows by one
+    /// per `rearm` (a `wake` writes only after one), so it never saturates in practice; and a
+    /// watcher that is re-armed must `drain` first (a new poll on a readable eventfd fires at
+    /// once).
+    ///
+    /// A `wake` that lands before the store is not written; as in `drain`, it published its
+    /// state first and the caller looks at that state afterwards. One that lands after the store
+    /// writes, and the poll reports that write.
+    pub(crate) fn rearm(&self) {
         self.pending.store(false, Ordering::SeqCst);
     }
 

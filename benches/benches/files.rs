@@ -7,7 +7,8 @@
 //! Page-cache warm (the file is read once in full first):
 //! * `warm/pread-loop`: one thread, `pread(2)` in a loop: the floor.
 //! * `warm/fdloop-{uring,epoll}-32-fibers`: 32 fibers, each `fdloop::fs::File::read_at` in a
-//!   loop (io_uring reads in the kernel; epoll hands reads to its file thread pool).
+//!   loop. A read first tries `preadv2(RWF_NOWAIT)`, which the warm cache serves on the loop's
+//!   thread on both backends (a miss would go to the ring, or to epoll's file thread pool).
 //! * `warm/tokio-fs-32-tasks`: 32 tasks on a `current_thread` runtime, each with its own
 //!   `tokio::fs::File`, `seek` + `read_exact` (tokio::fs runs each on its blocking pool).
 //!
