@@ -1,11 +1,13 @@
 //! The fiber scheduler: fiber slots, the ready queue, pooled stacks, suspending and resuming,
 //! and the guard that makes lending a fiber's stack memory to the kernel sound.
 
-use std::cell::Cell;
+use std::cell::{Cell, UnsafeCell};
 use std::collections::VecDeque;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
+use std::ptr::NonNull;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::Duration;
 
@@ -25,12 +27,51 @@ const POOLED_STACKS: usize = 1024;
 /// The largest fiber stack accepted (1 GiB of address space).
 const MAX_STACK_SIZE: usize = 1 << 30;
 
+/// How many fibers one iteration's fiber phase resumes at most before the loop fires timers,
+/// runs posted closures and signal callbacks and polls the driver without blocking (see
+/// [`Loop::run_fibers`] and the fairness rule in docs/fibers.md). Large enough that the cost of
+/// that pass is spread thin over the switches; small enough that a fiber yielding in a loop
+/// delays I/O by microseconds, not milliseconds.
+pub(crate) const SWITCH_BUDGET: usize = 256;
+
 /// The default fiber stack size.
 pub(crate) const DEFAULT_STACK_SIZE: usize = 64 * 1024;
 
+/// A fiber's coroutine, in a heap cell of its own: the fiber is resumed in place, through a
+/// pointer to the cell, so its address must not change while it runs — and the slab of slots
+/// may grow meanwhile (the running fiber spawns). Resuming in place also spares moving the
+/// coroutine out of its slot and back on every switch. Cells are pooled with the stacks.
+struct CoCell(UnsafeCell<Option<Co>>);
+
+/// Owns one [`CoCell`] (a `Box` turned into a raw pointer, so that moving the slot does not
+/// assert uniqueness over a cell that a running fiber is resumed through).
+struct CellPtr(NonNull<CoCell>);
+
+impl CellPtr {
+    fn new(cell: Box<CoCell>) -> CellPtr {
+        CellPtr(NonNull::from(Box::leak(cell)))
+    }
+
+    /// Gives the cell back as a `Box` (to pool it).
+    fn into_box(self) -> Box<CoCell> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: the pointer came from `Box::leak` in `CellPtr::new` and is owned by this
+        // `CellPtr` alone; `ManuallyDrop` keeps `Drop` from freeing it a second time.
+        unsafe { Box::from_raw(this.0.as_ptr()) }
+    }
+}
+
+impl Drop for CellPtr {
+    fn drop(&mut self) {
+        // SAFETY: as in `into_box`: the pointer came from `Box::leak` and is owned by this
+        // `CellPtr` alone, and no fiber runs from the cell (a slot is removed only once its
+        // fiber has returned or been unwound, or when the loop's state is dropped).
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
 pub(crate) struct Slot {
-    /// Taken out while the fiber runs.
-    co: Option<Co>,
+    co: CellPtr,
     /// The fiber's yielder, on its own stack; null until it first ran.
     yielder: *const Yielder<(), ()>,
     /// Result of the last operation the fiber waited for.
@@ -45,6 +86,8 @@ pub(crate) struct Fibers {
     slots: OpSlab<Slot>,
     ready: VecDeque<OpId>,
     stacks: Vec<GuardedStack>,
+    /// Empty coroutine cells for reuse.
+    cells: Vec<Box<CoCell>>,
     pub(crate) stack_size: usize,
 }
 
@@ -55,6 +98,7 @@ impl Fibers {
             slots: OpSlab::new(),
             ready: VecDeque::new(),
             stacks: Vec::new(),
+            cells: Vec::new(),
             stack_size,
         }
     }
@@ -97,9 +141,16 @@ impl Fibers {
         })
     }
 
-    fn recycle(&mut self, co: Co, size: usize) {
-        if size == self.stack_size && self.stacks.len() < POOLED_STACKS {
-            self.stacks.push(co.into_stack());
+    /// A fiber has finished: its stack and its cell go back to the pools.
+    fn recycle(&mut self, slot: Slot) {
+        let mut cell = slot.co.into_box();
+        if let Some(co) = cell.0.get_mut().take() {
+            if slot.stack_size == self.stack_size && self.stacks.len() < POOLED_STACKS {
+                self.stacks.push(co.into_stack());
+            }
+        }
+        if self.cells.len() < POOLED_STACKS {
+            self.cells.push(cell);
         }
     }
 }
@@ -120,19 +171,28 @@ thread_local! {
 }
 
 /// The running fiber, if any.
+#[inline]
 pub(crate) fn current() -> Option<Current> {
     CURRENT.with(Cell::get)
 }
 
 /// The running fiber, or a panic that says what to do.
+#[inline]
 pub(crate) fn current_or_panic(what: &str) -> Current {
-    current().unwrap_or_else(|| {
-        panic!(
-            "{what} must be called inside a fiber: start one with Loop::spawn (or \
-             fdloop::fiber::spawn from another fiber); from callbacks, use the callback \
-             APIs of Loop instead"
-        )
-    })
+    match current() {
+        Some(cur) => cur,
+        None => not_in_fiber(what),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn not_in_fiber(what: &str) -> ! {
+    panic!(
+        "{what} must be called inside a fiber: start one with Loop::spawn (or \
+         fdloop::fiber::spawn from another fiber); from callbacks, use the callback APIs of \
+         Loop instead"
+    )
 }
 
 /// Suspends the running fiber until something makes it ready again.
@@ -141,7 +201,12 @@ pub(crate) fn current_or_panic(what: &str) -> Current {
 ///
 /// Outside a fiber.
 pub(crate) fn suspend() {
-    let cur = current_or_panic("suspending");
+    suspend_current(&current_or_panic("suspending"));
+}
+
+/// [`suspend`] with the running fiber's [`Current`] at hand.
+#[inline(always)]
+pub(crate) fn suspend_current(cur: &Current) {
     assert!(
         !cur.closing,
         "a fiber must not block while its loop is closing"
@@ -183,13 +248,22 @@ impl Loop {
             }
             st.finish(result);
         });
-        let id = self.inner.fibers.borrow_mut().slots.insert(Slot {
-            co: Some(co),
+        let mut fibers = self.inner.fibers.borrow_mut();
+        let cell = match fibers.cells.pop() {
+            Some(mut cell) => {
+                *cell.0.get_mut() = Some(co);
+                cell
+            }
+            None => Box::new(CoCell(UnsafeCell::new(Some(co)))),
+        };
+        let id = fibers.slots.insert(Slot {
+            co: CellPtr::new(cell),
             yielder: std::ptr::null(),
             result: 0,
             queued: false,
             stack_size,
         });
+        drop(fibers);
         self.make_ready(id);
         Ok((id, state))
     }
@@ -200,45 +274,75 @@ impl Loop {
         self.inner.make_ready(id);
     }
 
-    /// Runs the fibers that are ready now (fibers made ready meanwhile wait for the next
-    /// iteration, so the phase is bounded).
+    /// The fiber phase of an iteration. It first runs every fiber that was ready when the phase
+    /// began, in the order they became ready (the first pass: as many resumptions as there were
+    /// ready fibers). Then it goes on, back to back, with the fibers made ready meanwhile (a
+    /// `yield_now`, a join, a channel send), while the phase has resumed fewer than
+    /// [`SWITCH_BUDGET`] fibers and nothing else is waiting that costs nothing to notice (a
+    /// posted closure, a signal, a `stop()`). Timers and I/O completions are looked at when the
+    /// phase ends, so fibers that keep each other ready delay them by at most one budget of
+    /// resumptions (or one first pass, when more fibers than that were ready at once).
     pub(crate) fn run_fibers(&self) {
-        let n = self.inner.fibers.borrow().ready.len();
-        for _ in 0..n {
-            let taken = {
-                let mut fibers = self.inner.fibers.borrow_mut();
+        let inner = &*self.inner;
+        // What runs around the phase (nothing, or the fiber of another loop that runs this
+        // one) is restored once at its end, also if the phase unwinds; in between, `CURRENT`
+        // is set before each resume and not reset after it (no user code runs there).
+        struct Restore(Option<Current>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                CURRENT.with(|c| c.set(self.0));
+            }
+        }
+        let _restore = Restore(current());
+        let first_pass = inner.fibers.borrow().ready.len();
+        let mut resumed = 0;
+        loop {
+            if resumed >= first_pass && (resumed >= SWITCH_BUDGET || inner.other_work()) {
+                break;
+            }
+            resumed += 1;
+            let (id, cell, yielder) = {
+                let mut fibers = inner.fibers.borrow_mut();
                 let Some(id) = fibers.ready.pop_front() else {
                     break;
                 };
-                fibers.slots.get_mut(id).and_then(|slot| {
-                    slot.queued = false;
-                    slot.co.take().map(|co| (id, co, slot.yielder))
-                })
+                let Some(slot) = fibers.slots.get_mut(id) else {
+                    continue;
+                };
+                slot.queued = false;
+                (id, slot.co.0, slot.yielder)
             };
-            let Some((id, mut co, yielder)) = taken else {
+            // SAFETY: the cell belongs to the live slot `id` and stays where it is until the
+            // slot is removed, which happens below, after the fiber returned (or when the loop
+            // closes, never while one of its fibers runs). Nothing else reaches the coroutine
+            // inside: the scheduler is its only user, and a fiber is never resumed while it
+            // runs (a loop's `run` does not nest, so neither does this phase for one loop).
+            let Some(co) = (unsafe { &mut *cell.as_ref().0.get() }) else {
                 continue;
             };
-            let previous = CURRENT.with(|c| {
-                c.replace(Some(Current {
+            CURRENT.with(|c| {
+                c.set(Some(Current {
                     lp: self,
                     fiber: id,
                     yielder,
                     closing: false,
-                }))
+                }));
             });
             let outcome = co.resume(());
-            let now = CURRENT.with(|c| c.replace(previous));
-            let mut fibers = self.inner.fibers.borrow_mut();
             match outcome {
                 CoroutineResult::Yield(()) => {
-                    if let Some(slot) = fibers.slots.get_mut(id) {
-                        slot.yielder = now.map_or(std::ptr::null(), |c| c.yielder);
-                        slot.co = Some(co);
+                    if yielder.is_null() {
+                        // First suspension: keep the yielder the fiber published.
+                        let now = current();
+                        if let Some(slot) = inner.fibers.borrow_mut().slots.get_mut(id) {
+                            slot.yielder = now.map_or(std::ptr::null(), |c| c.yielder);
+                        }
                     }
                 }
                 CoroutineResult::Return(()) => {
+                    let mut fibers = inner.fibers.borrow_mut();
                     if let Some(slot) = fibers.slots.remove(id) {
-                        fibers.recycle(co, slot.stack_size);
+                        fibers.recycle(slot);
                     }
                 }
             }
@@ -259,6 +363,7 @@ impl Loop {
                 fibers
                     .slots
                     .get_mut(id)
+                    // The fiber is suspended, not running: its cell is ours to empty.
                     .map(|slot| (id, slot.co.take(), slot.yielder))
             };
             let Some((id, co, yielder)) = taken else {
@@ -400,8 +505,27 @@ impl Drop for InFlight<'_> {
     }
 }
 
+impl CellPtr {
+    /// Takes the coroutine out of a cell whose fiber is not running.
+    fn take(&mut self) -> Option<Co> {
+        // SAFETY: `&mut self` is the slot's own access to its cell; callers hold it only for
+        // fibers that are suspended or finished, so no `&mut Co` from `run_fibers` is alive.
+        unsafe { (*self.0.as_ref().0.get()).take() }
+    }
+}
+
 impl Inner {
+    /// Whether work other than fibers is waiting that costs nothing to notice (atomic flags):
+    /// the fiber phase ends early for it.
+    #[inline]
+    fn other_work(&self) -> bool {
+        self.shared.maybe_posted()
+            || self.signal_pending.load(Ordering::Relaxed)
+            || self.shared.stop.load(Ordering::Relaxed)
+    }
+
     /// See [`Loop::make_ready`].
+    #[inline]
     pub(crate) fn make_ready(&self, id: OpId) {
         let mut fibers = self.fibers.borrow_mut();
         if let Some(slot) = fibers.slots.get_mut(id) {
