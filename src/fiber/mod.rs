@@ -141,11 +141,17 @@ impl<T> JoinHandle<T> {
                 .is_none_or(|i| i.shared.closed.load(Ordering::Acquire))
         };
         if let Some(cur) = current() {
-            // SAFETY: set by the loop that resumed the running fiber; valid while it runs.
-            let own = Rc::downgrade(&unsafe { &*cur.lp }.inner);
-            while !self.state.finished.get() && !cur.closing && !closed(&self.inner) {
-                *self.state.waiter.borrow_mut() = Some((own.clone(), cur.fiber));
-                scheduler::suspend();
+            if !self.state.finished.get() {
+                // SAFETY: set by the loop that resumed the running fiber; valid while it runs.
+                let own = Rc::downgrade(&unsafe { &*cur.lp }.inner);
+                while !self.state.finished.get() && !cur.closing && !closed(&self.inner) {
+                    let mut waiter = self.state.waiter.borrow_mut();
+                    if waiter.is_none() {
+                        *waiter = Some((own.clone(), cur.fiber));
+                    }
+                    drop(waiter);
+                    scheduler::suspend();
+                }
             }
         } else if !self.state.finished.get() {
             if let Some(inner) = self.inner.upgrade() {

@@ -200,6 +200,7 @@ fn not_in_fiber(what: &str) -> ! {
 /// # Panics
 ///
 /// Outside a fiber.
+#[inline]
 pub(crate) fn suspend() {
     suspend_current(&current_or_panic("suspending"));
 }
