@@ -331,11 +331,7 @@ pub fn yield_now() {
     if cur.closing {
         return;
     }
-    // SAFETY: the loop set this pointer when it resumed the running fiber; it stays valid
-    // while the fiber runs.
-    let lp = unsafe { &*cur.lp };
-    lp.inner.make_ready(cur.fiber);
-    scheduler::suspend_current(&cur);
+    scheduler::yield_current(&cur);
 }
 
 /// Suspends the running fiber for `duration` (never less).

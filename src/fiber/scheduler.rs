@@ -168,6 +168,9 @@ pub(crate) struct Current {
 
 thread_local! {
     static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
+    /// Set by `yield_now` just before it suspends: the scheduler, which has the fiber at hand,
+    /// queues it again itself (or, with no other fiber ready, resumes it at once).
+    static YIELDED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The running fiber, if any.
@@ -203,6 +206,13 @@ fn not_in_fiber(what: &str) -> ! {
 #[inline]
 pub(crate) fn suspend() {
     suspend_current(&current_or_panic("suspending"));
+}
+
+/// Suspends the running fiber `cur` and has the scheduler make it ready again (`yield_now`).
+#[inline(always)]
+pub(crate) fn yield_current(cur: &Current) {
+    YIELDED.with(|y| y.set(true));
+    suspend_current(cur);
 }
 
 /// [`suspend`] with the running fiber's [`Current`] at hand.
@@ -297,21 +307,27 @@ impl Loop {
         let _restore = Restore(current());
         let first_pass = inner.fibers.borrow().ready.len();
         let mut resumed = 0;
+        // A fiber that yielded while no other fiber was ready: it is resumed next without going
+        // through the queue (where it would have been alone).
+        let mut next = None;
         loop {
             if resumed >= first_pass && (resumed >= SWITCH_BUDGET || inner.other_work()) {
                 break;
             }
             resumed += 1;
-            let (id, cell, yielder) = {
-                let mut fibers = inner.fibers.borrow_mut();
-                let Some(id) = fibers.ready.pop_front() else {
-                    break;
-                };
-                let Some(slot) = fibers.slots.get_mut(id) else {
-                    continue;
-                };
-                slot.queued = false;
-                (id, slot.co.0, slot.yielder)
+            let (id, cell, mut yielder) = match next.take() {
+                Some(next) => next,
+                None => {
+                    let mut fibers = inner.fibers.borrow_mut();
+                    let Some(id) = fibers.ready.pop_front() else {
+                        break;
+                    };
+                    let Some(slot) = fibers.slots.get_mut(id) else {
+                        continue;
+                    };
+                    slot.queued = false;
+                    (id, slot.co.0, slot.yielder)
+                }
             };
             // SAFETY: the cell belongs to the live slot `id` and stays where it is until the
             // slot is removed, which happens below, after the fiber returned (or when the loop
@@ -330,13 +346,27 @@ impl Loop {
                 }));
             });
             let outcome = co.resume(());
+            let yielded = YIELDED.with(|y| y.replace(false));
             match outcome {
                 CoroutineResult::Yield(()) => {
                     if yielder.is_null() {
                         // First suspension: keep the yielder the fiber published.
-                        let now = current();
+                        yielder = current().map_or(std::ptr::null(), |c| c.yielder);
                         if let Some(slot) = inner.fibers.borrow_mut().slots.get_mut(id) {
-                            slot.yielder = now.map_or(std::ptr::null(), |c| c.yielder);
+                            slot.yielder = yielder;
+                        }
+                    }
+                    if yielded {
+                        let mut fibers = inner.fibers.borrow_mut();
+                        if fibers.ready.is_empty() {
+                            // Not queued (the queue is empty), so not made ready by anyone else
+                            // while it ran: it is the only ready fiber.
+                            next = Some((id, cell, yielder));
+                        } else if let Some(slot) = fibers.slots.get_mut(id) {
+                            if !slot.queued {
+                                slot.queued = true;
+                                fibers.ready.push_back(id);
+                            }
                         }
                     }
                 }
@@ -347,6 +377,9 @@ impl Loop {
                     }
                 }
             }
+        }
+        if let Some((id, _, _)) = next {
+            inner.make_ready(id);
         }
     }
 
