@@ -94,6 +94,7 @@ impl<T> JoinState<T> {
     }
 
     /// Called by the fiber itself when its function returned or panicked.
+    #[inline]
     pub(crate) fn finish(&self, result: thread::Result<T>) {
         *self.result.borrow_mut() = Some(result);
         self.finished.set(true);
@@ -134,6 +135,7 @@ impl<T> JoinHandle<T> {
     ///
     /// When called from a callback of the loop that runs the fiber (waiting there would block
     /// the loop): use [`JoinHandle::is_finished`] or join from a fiber instead.
+    #[inline]
     pub fn join(self) -> thread::Result<T> {
         let closed = |inner: &Weak<crate::event_loop::Inner>| {
             inner

@@ -37,11 +37,23 @@ pub(crate) const SWITCH_BUDGET: usize = 256;
 /// The default fiber stack size.
 pub(crate) const DEFAULT_STACK_SIZE: usize = 64 * 1024;
 
-/// A fiber's coroutine, in a heap cell of its own: the fiber is resumed in place, through a
-/// pointer to the cell, so its address must not change while it runs — and the slab of slots
-/// may grow meanwhile (the running fiber spawns). Resuming in place also spares moving the
-/// coroutine out of its slot and back on every switch. Cells are pooled with the stacks.
-struct CoCell(UnsafeCell<Option<Co>>);
+/// A fiber's coroutine and state, in a heap cell of its own: the fiber is resumed in place,
+/// through a pointer to the cell, so its address must not change while it runs — and the slab
+/// of slots may grow meanwhile (the running fiber spawns). Resuming in place also spares moving
+/// the coroutine out of its slot and back on every switch, and a slot of one pointer is cheap
+/// to insert and look up. Cells are pooled with the stacks.
+struct CoCell {
+    /// Empty once the fiber has finished or been unwound. Only the scheduler (and the unwind
+    /// at close) reaches inside; everything else uses the other fields.
+    co: UnsafeCell<Option<Co>>,
+    /// The fiber's yielder, on its own stack; null until it first ran.
+    yielder: Cell<*const Yielder<(), ()>>,
+    /// Result of the last operation the fiber waited for.
+    result: Cell<i32>,
+    /// In the ready queue.
+    queued: Cell<bool>,
+    stack_size: Cell<usize>,
+}
 
 /// Owns one [`CoCell`] (a `Box` turned into a raw pointer, so that moving the slot does not
 /// assert uniqueness over a cell that a running fiber is resumed through).
@@ -72,13 +84,16 @@ impl Drop for CellPtr {
 
 pub(crate) struct Slot {
     co: CellPtr,
-    /// The fiber's yielder, on its own stack; null until it first ran.
-    yielder: *const Yielder<(), ()>,
-    /// Result of the last operation the fiber waited for.
-    pub(crate) result: i32,
-    /// In the ready queue.
-    queued: bool,
-    stack_size: usize,
+}
+
+impl Slot {
+    fn cell(&self) -> &CoCell {
+        // SAFETY: the slot owns the cell (see `CellPtr`), so it is live for as long as `self`
+        // is borrowed. A shared reference is sound even while the scheduler holds the
+        // coroutine mutably: that goes through the `UnsafeCell` field, and every other field
+        // is a `Cell`.
+        unsafe { self.co.0.as_ref() }
+    }
 }
 
 /// A loop's fibers.
@@ -144,8 +159,8 @@ impl Fibers {
     /// A fiber has finished: its stack and its cell go back to the pools.
     fn recycle(&mut self, slot: Slot) {
         let mut cell = slot.co.into_box();
-        if let Some(co) = cell.0.get_mut().take() {
-            if slot.stack_size == self.stack_size && self.stacks.len() < POOLED_STACKS {
+        if let Some(co) = cell.co.get_mut().take() {
+            if cell.stack_size.get() == self.stack_size && self.stacks.len() < POOLED_STACKS {
                 self.stacks.push(co.into_stack());
             }
         }
@@ -239,9 +254,12 @@ impl Loop {
         F: FnOnce() -> T + 'static,
         T: 'static,
     {
+        // One borrow for the whole spawn: building the coroutine only writes its closure onto
+        // the new stack (no user code runs).
+        let mut fibers = self.inner.fibers.borrow_mut();
+        let stack = fibers.take_stack(stack_size)?;
         let state: Rc<JoinState<T>> = Rc::new(JoinState::new());
         let st = state.clone();
-        let stack = self.inner.fibers.borrow_mut().take_stack(stack_size)?;
         let co = Co::with_stack(stack, move |yielder: &Yielder<(), ()>, ()| {
             CURRENT.with(|c| {
                 if let Some(mut cur) = c.get() {
@@ -259,23 +277,27 @@ impl Loop {
             }
             st.finish(result);
         });
-        let mut fibers = self.inner.fibers.borrow_mut();
         let cell = match fibers.cells.pop() {
             Some(mut cell) => {
-                *cell.0.get_mut() = Some(co);
+                *cell.co.get_mut() = Some(co);
+                *cell.yielder.get_mut() = std::ptr::null();
+                *cell.result.get_mut() = 0;
+                *cell.queued.get_mut() = true;
+                *cell.stack_size.get_mut() = stack_size;
                 cell
             }
-            None => Box::new(CoCell(UnsafeCell::new(Some(co)))),
+            None => Box::new(CoCell {
+                co: UnsafeCell::new(Some(co)),
+                yielder: Cell::new(std::ptr::null()),
+                result: Cell::new(0),
+                queued: Cell::new(true),
+                stack_size: Cell::new(stack_size),
+            }),
         };
         let id = fibers.slots.insert(Slot {
             co: CellPtr::new(cell),
-            yielder: std::ptr::null(),
-            result: 0,
-            queued: false,
-            stack_size,
         });
-        drop(fibers);
-        self.make_ready(id);
+        fibers.ready.push_back(id);
         Ok((id, state))
     }
 
@@ -322,11 +344,12 @@ impl Loop {
                     let Some(id) = fibers.ready.pop_front() else {
                         break;
                     };
-                    let Some(slot) = fibers.slots.get_mut(id) else {
+                    let Some(slot) = fibers.slots.get(id) else {
                         continue;
                     };
-                    slot.queued = false;
-                    (id, slot.co.0, slot.yielder)
+                    let c = slot.cell();
+                    c.queued.set(false);
+                    (id, slot.co.0, c.yielder.get())
                 }
             };
             // SAFETY: the cell belongs to the live slot `id` and stays where it is until the
@@ -334,7 +357,7 @@ impl Loop {
             // closes, never while one of its fibers runs). Nothing else reaches the coroutine
             // inside: the scheduler is its only user, and a fiber is never resumed while it
             // runs (a loop's `run` does not nest, so neither does this phase for one loop).
-            let Some(co) = (unsafe { &mut *cell.as_ref().0.get() }) else {
+            let Some(co) = (unsafe { &mut *cell.as_ref().co.get() }) else {
                 continue;
             };
             CURRENT.with(|c| {
@@ -349,12 +372,13 @@ impl Loop {
             let yielded = YIELDED.with(|y| y.replace(false));
             match outcome {
                 CoroutineResult::Yield(()) => {
+                    // SAFETY: the fiber suspended, so its slot (the cell's owner) is still there;
+                    // only `Cell` fields are touched.
+                    let c = unsafe { cell.as_ref() };
                     if yielder.is_null() {
                         // First suspension: keep the yielder the fiber published.
                         yielder = current().map_or(std::ptr::null(), |c| c.yielder);
-                        if let Some(slot) = inner.fibers.borrow_mut().slots.get_mut(id) {
-                            slot.yielder = yielder;
-                        }
+                        c.yielder.set(yielder);
                     }
                     if yielded {
                         let mut fibers = inner.fibers.borrow_mut();
@@ -362,11 +386,9 @@ impl Loop {
                             // Not queued (the queue is empty), so not made ready by anyone else
                             // while it ran: it is the only ready fiber.
                             next = Some((id, cell, yielder));
-                        } else if let Some(slot) = fibers.slots.get_mut(id) {
-                            if !slot.queued {
-                                slot.queued = true;
-                                fibers.ready.push_back(id);
-                            }
+                        } else if !c.queued.get() {
+                            c.queued.set(true);
+                            fibers.ready.push_back(id);
                         }
                     }
                 }
@@ -394,11 +416,11 @@ impl Loop {
                 let Some(id) = fibers.slots.ids().into_iter().next() else {
                     break;
                 };
-                fibers
-                    .slots
-                    .get_mut(id)
+                fibers.slots.get_mut(id).map(|slot| {
+                    let yielder = slot.cell().yielder.get();
                     // The fiber is suspended, not running: its cell is ours to empty.
-                    .map(|slot| (id, slot.co.take(), slot.yielder))
+                    (id, slot.co.take(), yielder)
+                })
             };
             let Some((id, co, yielder)) = taken else {
                 break;
@@ -425,8 +447,8 @@ impl Loop {
 
     /// A loop operation pushed by fiber `fiber` completed.
     pub(crate) fn fiber_op_completed(&self, fiber: OpId, result: i32) {
-        if let Some(slot) = self.inner.fibers.borrow_mut().slots.get_mut(fiber) {
-            slot.result = result;
+        if let Some(slot) = self.inner.fibers.borrow().slots.get(fiber) {
+            slot.cell().result.set(result);
         }
         self.make_ready(fiber);
     }
@@ -495,7 +517,7 @@ pub(crate) unsafe fn fiber_io_adopting(
         .borrow()
         .slots
         .get(cur.fiber)
-        .map_or(0, |s| s.result);
+        .map_or(0, |s| s.cell().result.get());
     if let Some(t) = timer {
         if lp.timer_pending(t) {
             let _ = lp.stop_timer(t);
@@ -531,7 +553,7 @@ impl Drop for InFlight<'_> {
         let result = self.inner.cancel_and_wait(self.key).or_else(|| {
             // Completed before the unwind: the result was delivered to the fiber's slot.
             let fibers = self.inner.fibers.borrow();
-            fibers.slots.get(self.fiber).map(|s| s.result)
+            fibers.slots.get(self.fiber).map(|s| s.cell().result.get())
         });
         if let (Some(result), Some(orphan)) = (result, self.orphan) {
             orphan(result);
@@ -544,7 +566,7 @@ impl CellPtr {
     fn take(&mut self) -> Option<Co> {
         // SAFETY: `&mut self` is the slot's own access to its cell; callers hold it only for
         // fibers that are suspended or finished, so no `&mut Co` from `run_fibers` is alive.
-        unsafe { (*self.0.as_ref().0.get()).take() }
+        unsafe { (*self.0.as_ref().co.get()).take() }
     }
 }
 
@@ -562,11 +584,13 @@ impl Inner {
     #[inline]
     pub(crate) fn make_ready(&self, id: OpId) {
         let mut fibers = self.fibers.borrow_mut();
-        if let Some(slot) = fibers.slots.get_mut(id) {
-            if !slot.queued {
-                slot.queued = true;
-                fibers.ready.push_back(id);
-            }
+        let Some(slot) = fibers.slots.get(id) else {
+            return;
+        };
+        let c = slot.cell();
+        if !c.queued.get() {
+            c.queued.set(true);
+            fibers.ready.push_back(id);
         }
     }
 
