@@ -64,18 +64,19 @@ impl CellPtr {
         CellPtr(NonNull::from(Box::leak(cell)))
     }
 
-    /// Gives the cell back as a `Box` (to pool it).
-    fn into_box(self) -> Box<CoCell> {
-        let this = std::mem::ManuallyDrop::new(self);
+    /// The cell, mutably: for a cell in the pool or being set up for a new fiber.
+    fn cell_mut(&mut self) -> &mut CoCell {
         // SAFETY: the pointer came from `Box::leak` in `CellPtr::new` and is owned by this
-        // `CellPtr` alone; `ManuallyDrop` keeps `Drop` from freeing it a second time.
-        unsafe { Box::from_raw(this.0.as_ptr()) }
+        // `CellPtr` alone; `&mut self` is that owner's exclusive access, and callers use it
+        // only for cells that no slot holds (pooled, or not yet inserted), so no fiber runs
+        // from the cell and no other reference to it exists.
+        unsafe { self.0.as_mut() }
     }
 }
 
 impl Drop for CellPtr {
     fn drop(&mut self) {
-        // SAFETY: as in `into_box`: the pointer came from `Box::leak` and is owned by this
+        // SAFETY: the pointer came from `Box::leak` in `CellPtr::new` and is owned by this
         // `CellPtr` alone, and no fiber runs from the cell (a slot is removed only once its
         // fiber has returned or been unwound, or when the loop's state is dropped).
         drop(unsafe { Box::from_raw(self.0.as_ptr()) });
@@ -102,7 +103,7 @@ pub(crate) struct Fibers {
     ready: VecDeque<OpId>,
     stacks: Vec<GuardedStack>,
     /// Empty coroutine cells for reuse.
-    cells: Vec<Box<CoCell>>,
+    cells: Vec<CellPtr>,
     pub(crate) stack_size: usize,
 }
 
@@ -158,14 +159,15 @@ impl Fibers {
 
     /// A fiber has finished: its stack and its cell go back to the pools.
     fn recycle(&mut self, slot: Slot) {
-        let mut cell = slot.co.into_box();
+        let mut ptr = slot.co;
+        let cell = ptr.cell_mut();
         if let Some(co) = cell.co.get_mut().take() {
             if cell.stack_size.get() == self.stack_size && self.stacks.len() < POOLED_STACKS {
                 self.stacks.push(co.into_stack());
             }
         }
         if self.cells.len() < POOLED_STACKS {
-            self.cells.push(cell);
+            self.cells.push(ptr);
         }
     }
 }
@@ -277,26 +279,25 @@ impl Loop {
             }
             st.finish(result);
         });
-        let cell = match fibers.cells.pop() {
-            Some(mut cell) => {
+        let ptr = match fibers.cells.pop() {
+            Some(mut ptr) => {
+                let cell = ptr.cell_mut();
                 *cell.co.get_mut() = Some(co);
                 *cell.yielder.get_mut() = std::ptr::null();
                 *cell.result.get_mut() = 0;
                 *cell.queued.get_mut() = true;
                 *cell.stack_size.get_mut() = stack_size;
-                cell
+                ptr
             }
-            None => Box::new(CoCell {
+            None => CellPtr::new(Box::new(CoCell {
                 co: UnsafeCell::new(Some(co)),
                 yielder: Cell::new(std::ptr::null()),
                 result: Cell::new(0),
                 queued: Cell::new(true),
                 stack_size: Cell::new(stack_size),
-            }),
+            })),
         };
-        let id = fibers.slots.insert(Slot {
-            co: CellPtr::new(cell),
-        });
+        let id = fibers.slots.insert(Slot { co: ptr });
         fibers.ready.push_back(id);
         Ok((id, state))
     }
