@@ -338,8 +338,8 @@ impl Loop {
                 break;
             }
             resumed += 1;
-            let (id, cell, mut yielder) = match next.take() {
-                Some(next) => next,
+            let (id, cell, mut yielder, again) = match next.take() {
+                Some((id, cell, yielder)) => (id, cell, yielder, true),
                 None => {
                     let mut fibers = inner.fibers.borrow_mut();
                     let Some(id) = fibers.ready.pop_front() else {
@@ -350,7 +350,7 @@ impl Loop {
                     };
                     let c = slot.cell();
                     c.queued.set(false);
-                    (id, slot.co.0, c.yielder.get())
+                    (id, slot.co.0, c.yielder.get(), false)
                 }
             };
             // SAFETY: the cell belongs to the live slot `id` and stays where it is until the
@@ -361,14 +361,17 @@ impl Loop {
             let Some(co) = (unsafe { &mut *cell.as_ref().co.get() }) else {
                 continue;
             };
-            CURRENT.with(|c| {
-                c.set(Some(Current {
-                    lp: self,
-                    fiber: id,
-                    yielder,
-                    closing: false,
-                }));
-            });
+            if !again {
+                // (Resuming the fiber that just yielded, `CURRENT` still describes it.)
+                CURRENT.with(|c| {
+                    c.set(Some(Current {
+                        lp: self,
+                        fiber: id,
+                        yielder,
+                        closing: false,
+                    }));
+                });
+            }
             let outcome = co.resume(());
             let yielded = YIELDED.with(|y| y.replace(false));
             match outcome {
