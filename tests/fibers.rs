@@ -6,6 +6,8 @@ mod common;
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fdloop::{fiber, pipe, Loop, Timer};
@@ -75,6 +77,51 @@ backend_tests! {
         }
         lp.run().unwrap();
         assert_eq!(*log.borrow(), vec![(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]);
+    }
+
+    fn fibers_that_yield_forever_do_not_starve_timers_io_or_posts(lp: &Loop) {
+        // Two fibers keep each other ready (they yield in turn) until a timer callback, a fiber
+        // blocked in a pipe read that another thread's write completes, and a closure posted
+        // from another thread have all run: the fiber phase must leave room for each of them.
+        let timer_fired = Rc::new(Cell::new(false));
+        let t = timer_fired.clone();
+        lp.start_timer(Timer::after(Duration::from_millis(1)), move |_, _| t.set(true));
+
+        let (mut rx, tx) = pipe().unwrap();
+        let read_done = Rc::new(Cell::new(false));
+        let r = read_done.clone();
+        lp.spawn(move || {
+            let mut b = [0u8; 1];
+            rx.read_exact(&mut b).unwrap();
+            r.set(true);
+        });
+
+        let posted = Arc::new(AtomicBool::new(false));
+        let handle = lp.handle();
+        let p = posted.clone();
+        let other = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1));
+            let mut tx = std::fs::File::from(std::os::fd::OwnedFd::from(tx));
+            tx.write_all(b"x").unwrap();
+            handle
+                .post(move |_| p.store(true, Ordering::SeqCst))
+                .unwrap();
+        });
+
+        let yields = Rc::new(Cell::new(0u64));
+        for _ in 0..2 {
+            let (t, r, p, y) = (timer_fired.clone(), read_done.clone(), posted.clone(), yields.clone());
+            lp.spawn(move || {
+                while !(t.get() && r.get() && p.load(Ordering::SeqCst)) {
+                    y.set(y.get() + 1);
+                    fiber::yield_now();
+                }
+            });
+        }
+        lp.run().unwrap();
+        other.join().unwrap();
+        assert!(timer_fired.get() && read_done.get() && posted.load(Ordering::SeqCst));
+        assert!(yields.get() > 0);
     }
 
     fn a_panicking_fiber_is_an_err_and_others_carry_on(lp: &Loop) {

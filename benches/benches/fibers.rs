@@ -1,8 +1,10 @@
 //! Fiber switches and fiber creation.
 //!
 //! * `yield/fdloop`: one fiber calling `fdloop::fiber::yield_now` in a loop; one iteration is
-//!   one round trip fiber → loop → fiber (the loop runs one iteration in between: with a fiber
-//!   ready, its driver wait does not block).
+//!   one round trip fiber → scheduler → fiber. Ready fibers run back to back, and every 256
+//!   resumptions the loop runs the rest of an iteration (timers, posted closures, signals, a
+//!   non-blocking driver poll), whose cost is included (see docs/fibers.md, scheduling and
+//!   fairness).
 //! * `yield/may`: one coroutine calling `may::coroutine::yield_now` (one worker thread).
 //! * `yield/corosensei`: a bare corosensei coroutine, `resume` + `suspend` (no scheduler): the
 //!   floor.

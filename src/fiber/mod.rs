@@ -94,6 +94,7 @@ impl<T> JoinState<T> {
     }
 
     /// Called by the fiber itself when its function returned or panicked.
+    #[inline]
     pub(crate) fn finish(&self, result: thread::Result<T>) {
         *self.result.borrow_mut() = Some(result);
         self.finished.set(true);
@@ -134,6 +135,7 @@ impl<T> JoinHandle<T> {
     ///
     /// When called from a callback of the loop that runs the fiber (waiting there would block
     /// the loop): use [`JoinHandle::is_finished`] or join from a fiber instead.
+    #[inline]
     pub fn join(self) -> thread::Result<T> {
         let closed = |inner: &Weak<crate::event_loop::Inner>| {
             inner
@@ -141,11 +143,17 @@ impl<T> JoinHandle<T> {
                 .is_none_or(|i| i.shared.closed.load(Ordering::Acquire))
         };
         if let Some(cur) = current() {
-            // SAFETY: set by the loop that resumed the running fiber; valid while it runs.
-            let own = Rc::downgrade(&unsafe { &*cur.lp }.inner);
-            while !self.state.finished.get() && !cur.closing && !closed(&self.inner) {
-                *self.state.waiter.borrow_mut() = Some((own.clone(), cur.fiber));
-                scheduler::suspend();
+            if !self.state.finished.get() {
+                // SAFETY: set by the loop that resumed the running fiber; valid while it runs.
+                let own = Rc::downgrade(&unsafe { &*cur.lp }.inner);
+                while !self.state.finished.get() && !cur.closing && !closed(&self.inner) {
+                    let mut waiter = self.state.waiter.borrow_mut();
+                    if waiter.is_none() {
+                        *waiter = Some((own.clone(), cur.fiber));
+                    }
+                    drop(waiter);
+                    scheduler::suspend();
+                }
             }
         } else if !self.state.finished.get() {
             if let Some(inner) = self.inner.upgrade() {
@@ -315,13 +323,17 @@ pub fn with_loop<R>(f: impl FnOnce(&Loop) -> R) -> R {
 /// # Panics
 ///
 /// Outside a fiber.
+// Inlined into the caller on purpose: a fiber switch lands where the fiber suspended, and every
+// function return between that point and the caller's code is a return the CPU's return-stack
+// predictor gets wrong (the predictor holds the loop's frames, not the fiber's), which costs more
+// than the rest of a yield. See docs/fibers.md, "Cost of a switch".
+#[inline]
 pub fn yield_now() {
     let cur = scheduler::current_or_panic("fdloop::fiber::yield_now");
     if cur.closing {
         return;
     }
-    with_loop(|lp| lp.make_ready(cur.fiber));
-    scheduler::suspend();
+    scheduler::yield_current(&cur);
 }
 
 /// Suspends the running fiber for `duration` (never less).

@@ -1,11 +1,13 @@
 //! The fiber scheduler: fiber slots, the ready queue, pooled stacks, suspending and resuming,
 //! and the guard that makes lending a fiber's stack memory to the kernel sound.
 
-use std::cell::Cell;
+use std::cell::{Cell, UnsafeCell};
 use std::collections::VecDeque;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
+use std::ptr::NonNull;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::Duration;
 
@@ -25,19 +27,74 @@ const POOLED_STACKS: usize = 1024;
 /// The largest fiber stack accepted (1 GiB of address space).
 const MAX_STACK_SIZE: usize = 1 << 30;
 
+/// How many fibers one iteration's fiber phase resumes at most before the loop fires timers,
+/// runs posted closures and signal callbacks and polls the driver without blocking (see
+/// [`Loop::run_fibers`] and the fairness rule in docs/fibers.md). Large enough that the cost of
+/// that pass is spread thin over the switches; small enough that a fiber yielding in a loop
+/// delays I/O by microseconds, not milliseconds.
+pub(crate) const SWITCH_BUDGET: usize = 256;
+
 /// The default fiber stack size.
 pub(crate) const DEFAULT_STACK_SIZE: usize = 64 * 1024;
 
-pub(crate) struct Slot {
-    /// Taken out while the fiber runs.
-    co: Option<Co>,
+/// A fiber's coroutine and state, in a heap cell of its own: the fiber is resumed in place,
+/// through a pointer to the cell, so its address must not change while it runs — and the slab
+/// of slots may grow meanwhile (the running fiber spawns). Resuming in place also spares moving
+/// the coroutine out of its slot and back on every switch, and a slot of one pointer is cheap
+/// to insert and look up. Cells are pooled with the stacks.
+struct CoCell {
+    /// Empty once the fiber has finished or been unwound. Only the scheduler (and the unwind
+    /// at close) reaches inside; everything else uses the other fields.
+    co: UnsafeCell<Option<Co>>,
     /// The fiber's yielder, on its own stack; null until it first ran.
-    yielder: *const Yielder<(), ()>,
+    yielder: Cell<*const Yielder<(), ()>>,
     /// Result of the last operation the fiber waited for.
-    pub(crate) result: i32,
+    result: Cell<i32>,
     /// In the ready queue.
-    queued: bool,
-    stack_size: usize,
+    queued: Cell<bool>,
+    stack_size: Cell<usize>,
+}
+
+/// Owns one [`CoCell`] (a `Box` turned into a raw pointer, so that moving the slot does not
+/// assert uniqueness over a cell that a running fiber is resumed through).
+struct CellPtr(NonNull<CoCell>);
+
+impl CellPtr {
+    fn new(cell: Box<CoCell>) -> CellPtr {
+        CellPtr(NonNull::from(Box::leak(cell)))
+    }
+
+    /// The cell, mutably: for a cell in the pool or being set up for a new fiber.
+    fn cell_mut(&mut self) -> &mut CoCell {
+        // SAFETY: the pointer came from `Box::leak` in `CellPtr::new` and is owned by this
+        // `CellPtr` alone; `&mut self` is that owner's exclusive access, and callers use it
+        // only for cells that no slot holds (pooled, or not yet inserted), so no fiber runs
+        // from the cell and no other reference to it exists.
+        unsafe { self.0.as_mut() }
+    }
+}
+
+impl Drop for CellPtr {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `Box::leak` in `CellPtr::new` and is owned by this
+        // `CellPtr` alone, and no fiber runs from the cell (a slot is removed only once its
+        // fiber has returned or been unwound, or when the loop's state is dropped).
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+pub(crate) struct Slot {
+    co: CellPtr,
+}
+
+impl Slot {
+    fn cell(&self) -> &CoCell {
+        // SAFETY: the slot owns the cell (see `CellPtr`), so it is live for as long as `self`
+        // is borrowed. A shared reference is sound even while the scheduler holds the
+        // coroutine mutably: that goes through the `UnsafeCell` field, and every other field
+        // is a `Cell`.
+        unsafe { self.co.0.as_ref() }
+    }
 }
 
 /// A loop's fibers.
@@ -45,6 +102,8 @@ pub(crate) struct Fibers {
     slots: OpSlab<Slot>,
     ready: VecDeque<OpId>,
     stacks: Vec<GuardedStack>,
+    /// Empty coroutine cells for reuse.
+    cells: Vec<CellPtr>,
     pub(crate) stack_size: usize,
 }
 
@@ -55,6 +114,7 @@ impl Fibers {
             slots: OpSlab::new(),
             ready: VecDeque::new(),
             stacks: Vec::new(),
+            cells: Vec::new(),
             stack_size,
         }
     }
@@ -97,9 +157,17 @@ impl Fibers {
         })
     }
 
-    fn recycle(&mut self, co: Co, size: usize) {
-        if size == self.stack_size && self.stacks.len() < POOLED_STACKS {
-            self.stacks.push(co.into_stack());
+    /// A fiber has finished: its stack and its cell go back to the pools.
+    fn recycle(&mut self, slot: Slot) {
+        let mut ptr = slot.co;
+        let cell = ptr.cell_mut();
+        if let Some(co) = cell.co.get_mut().take() {
+            if cell.stack_size.get() == self.stack_size && self.stacks.len() < POOLED_STACKS {
+                self.stacks.push(co.into_stack());
+            }
+        }
+        if self.cells.len() < POOLED_STACKS {
+            self.cells.push(ptr);
         }
     }
 }
@@ -117,22 +185,34 @@ pub(crate) struct Current {
 
 thread_local! {
     static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
+    /// Set by `yield_now` just before it suspends: the scheduler, which has the fiber at hand,
+    /// queues it again itself (or, with no other fiber ready, resumes it at once).
+    static YIELDED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The running fiber, if any.
+#[inline]
 pub(crate) fn current() -> Option<Current> {
     CURRENT.with(Cell::get)
 }
 
 /// The running fiber, or a panic that says what to do.
+#[inline]
 pub(crate) fn current_or_panic(what: &str) -> Current {
-    current().unwrap_or_else(|| {
-        panic!(
-            "{what} must be called inside a fiber: start one with Loop::spawn (or \
-             fdloop::fiber::spawn from another fiber); from callbacks, use the callback \
-             APIs of Loop instead"
-        )
-    })
+    match current() {
+        Some(cur) => cur,
+        None => not_in_fiber(what),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn not_in_fiber(what: &str) -> ! {
+    panic!(
+        "{what} must be called inside a fiber: start one with Loop::spawn (or \
+         fdloop::fiber::spawn from another fiber); from callbacks, use the callback APIs of \
+         Loop instead"
+    )
 }
 
 /// Suspends the running fiber until something makes it ready again.
@@ -140,8 +220,21 @@ pub(crate) fn current_or_panic(what: &str) -> Current {
 /// # Panics
 ///
 /// Outside a fiber.
+#[inline]
 pub(crate) fn suspend() {
-    let cur = current_or_panic("suspending");
+    suspend_current(&current_or_panic("suspending"));
+}
+
+/// Suspends the running fiber `cur` and has the scheduler make it ready again (`yield_now`).
+#[inline(always)]
+pub(crate) fn yield_current(cur: &Current) {
+    YIELDED.with(|y| y.set(true));
+    suspend_current(cur);
+}
+
+/// [`suspend`] with the running fiber's [`Current`] at hand.
+#[inline(always)]
+pub(crate) fn suspend_current(cur: &Current) {
     assert!(
         !cur.closing,
         "a fiber must not block while its loop is closing"
@@ -163,9 +256,12 @@ impl Loop {
         F: FnOnce() -> T + 'static,
         T: 'static,
     {
+        // One borrow for the whole spawn: building the coroutine only writes its closure onto
+        // the new stack (no user code runs).
+        let mut fibers = self.inner.fibers.borrow_mut();
+        let stack = fibers.take_stack(stack_size)?;
         let state: Rc<JoinState<T>> = Rc::new(JoinState::new());
         let st = state.clone();
-        let stack = self.inner.fibers.borrow_mut().take_stack(stack_size)?;
         let co = Co::with_stack(stack, move |yielder: &Yielder<(), ()>, ()| {
             CURRENT.with(|c| {
                 if let Some(mut cur) = c.get() {
@@ -183,14 +279,26 @@ impl Loop {
             }
             st.finish(result);
         });
-        let id = self.inner.fibers.borrow_mut().slots.insert(Slot {
-            co: Some(co),
-            yielder: std::ptr::null(),
-            result: 0,
-            queued: false,
-            stack_size,
-        });
-        self.make_ready(id);
+        let ptr = match fibers.cells.pop() {
+            Some(mut ptr) => {
+                let cell = ptr.cell_mut();
+                *cell.co.get_mut() = Some(co);
+                *cell.yielder.get_mut() = std::ptr::null();
+                *cell.result.get_mut() = 0;
+                *cell.queued.get_mut() = true;
+                *cell.stack_size.get_mut() = stack_size;
+                ptr
+            }
+            None => CellPtr::new(Box::new(CoCell {
+                co: UnsafeCell::new(Some(co)),
+                yielder: Cell::new(std::ptr::null()),
+                result: Cell::new(0),
+                queued: Cell::new(true),
+                stack_size: Cell::new(stack_size),
+            })),
+        };
+        let id = fibers.slots.insert(Slot { co: ptr });
+        fibers.ready.push_back(id);
         Ok((id, state))
     }
 
@@ -200,48 +308,104 @@ impl Loop {
         self.inner.make_ready(id);
     }
 
-    /// Runs the fibers that are ready now (fibers made ready meanwhile wait for the next
-    /// iteration, so the phase is bounded).
+    /// The fiber phase of an iteration. It first runs every fiber that was ready when the phase
+    /// began, in the order they became ready (the first pass: as many resumptions as there were
+    /// ready fibers). Then it goes on, back to back, with the fibers made ready meanwhile (a
+    /// `yield_now`, a join, a channel send), while the phase has resumed fewer than
+    /// [`SWITCH_BUDGET`] fibers and nothing else is waiting that costs nothing to notice (a
+    /// posted closure, a signal, a `stop()`). Timers and I/O completions are looked at when the
+    /// phase ends, so fibers that keep each other ready delay them by at most one budget of
+    /// resumptions (or one first pass, when more fibers than that were ready at once).
     pub(crate) fn run_fibers(&self) {
-        let n = self.inner.fibers.borrow().ready.len();
-        for _ in 0..n {
-            let taken = {
-                let mut fibers = self.inner.fibers.borrow_mut();
-                let Some(id) = fibers.ready.pop_front() else {
-                    break;
-                };
-                fibers.slots.get_mut(id).and_then(|slot| {
-                    slot.queued = false;
-                    slot.co.take().map(|co| (id, co, slot.yielder))
-                })
+        let inner = &*self.inner;
+        // What runs around the phase (nothing, or the fiber of another loop that runs this
+        // one) is restored once at its end, also if the phase unwinds; in between, `CURRENT`
+        // is set before each resume and not reset after it (no user code runs there).
+        struct Restore(Option<Current>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                CURRENT.with(|c| c.set(self.0));
+            }
+        }
+        let _restore = Restore(current());
+        let first_pass = inner.fibers.borrow().ready.len();
+        let mut resumed = 0;
+        // A fiber that yielded while no other fiber was ready: it is resumed next without going
+        // through the queue (where it would have been alone).
+        let mut next = None;
+        loop {
+            if resumed >= first_pass && (resumed >= SWITCH_BUDGET || inner.other_work()) {
+                break;
+            }
+            resumed += 1;
+            let (id, cell, mut yielder, again) = match next.take() {
+                Some((id, cell, yielder)) => (id, cell, yielder, true),
+                None => {
+                    let mut fibers = inner.fibers.borrow_mut();
+                    let Some(id) = fibers.ready.pop_front() else {
+                        break;
+                    };
+                    let Some(slot) = fibers.slots.get(id) else {
+                        continue;
+                    };
+                    let c = slot.cell();
+                    c.queued.set(false);
+                    (id, slot.co.0, c.yielder.get(), false)
+                }
             };
-            let Some((id, mut co, yielder)) = taken else {
+            // SAFETY: the cell belongs to the live slot `id` and stays where it is until the
+            // slot is removed, which happens below, after the fiber returned (or when the loop
+            // closes, never while one of its fibers runs). Nothing else reaches the coroutine
+            // inside: the scheduler is its only user, and a fiber is never resumed while it
+            // runs (a loop's `run` does not nest, so neither does this phase for one loop).
+            let Some(co) = (unsafe { &mut *cell.as_ref().co.get() }) else {
                 continue;
             };
-            let previous = CURRENT.with(|c| {
-                c.replace(Some(Current {
-                    lp: self,
-                    fiber: id,
-                    yielder,
-                    closing: false,
-                }))
-            });
+            if !again {
+                // (Resuming the fiber that just yielded, `CURRENT` still describes it.)
+                CURRENT.with(|c| {
+                    c.set(Some(Current {
+                        lp: self,
+                        fiber: id,
+                        yielder,
+                        closing: false,
+                    }));
+                });
+            }
             let outcome = co.resume(());
-            let now = CURRENT.with(|c| c.replace(previous));
-            let mut fibers = self.inner.fibers.borrow_mut();
+            let yielded = YIELDED.with(|y| y.replace(false));
             match outcome {
                 CoroutineResult::Yield(()) => {
-                    if let Some(slot) = fibers.slots.get_mut(id) {
-                        slot.yielder = now.map_or(std::ptr::null(), |c| c.yielder);
-                        slot.co = Some(co);
+                    // SAFETY: the fiber suspended, so its slot (the cell's owner) is still there;
+                    // only `Cell` fields are touched.
+                    let c = unsafe { cell.as_ref() };
+                    if yielder.is_null() {
+                        // First suspension: keep the yielder the fiber published.
+                        yielder = current().map_or(std::ptr::null(), |c| c.yielder);
+                        c.yielder.set(yielder);
+                    }
+                    if yielded {
+                        let mut fibers = inner.fibers.borrow_mut();
+                        if fibers.ready.is_empty() {
+                            // Not queued (the queue is empty), so not made ready by anyone else
+                            // while it ran: it is the only ready fiber.
+                            next = Some((id, cell, yielder));
+                        } else if !c.queued.get() {
+                            c.queued.set(true);
+                            fibers.ready.push_back(id);
+                        }
                     }
                 }
                 CoroutineResult::Return(()) => {
+                    let mut fibers = inner.fibers.borrow_mut();
                     if let Some(slot) = fibers.slots.remove(id) {
-                        fibers.recycle(co, slot.stack_size);
+                        fibers.recycle(slot);
                     }
                 }
             }
+        }
+        if let Some((id, _, _)) = next {
+            inner.make_ready(id);
         }
     }
 
@@ -256,10 +420,11 @@ impl Loop {
                 let Some(id) = fibers.slots.ids().into_iter().next() else {
                     break;
                 };
-                fibers
-                    .slots
-                    .get_mut(id)
-                    .map(|slot| (id, slot.co.take(), slot.yielder))
+                fibers.slots.get_mut(id).map(|slot| {
+                    let yielder = slot.cell().yielder.get();
+                    // The fiber is suspended, not running: its cell is ours to empty.
+                    (id, slot.co.take(), yielder)
+                })
             };
             let Some((id, co, yielder)) = taken else {
                 break;
@@ -286,8 +451,8 @@ impl Loop {
 
     /// A loop operation pushed by fiber `fiber` completed.
     pub(crate) fn fiber_op_completed(&self, fiber: OpId, result: i32) {
-        if let Some(slot) = self.inner.fibers.borrow_mut().slots.get_mut(fiber) {
-            slot.result = result;
+        if let Some(slot) = self.inner.fibers.borrow().slots.get(fiber) {
+            slot.cell().result.set(result);
         }
         self.make_ready(fiber);
     }
@@ -356,7 +521,7 @@ pub(crate) unsafe fn fiber_io_adopting(
         .borrow()
         .slots
         .get(cur.fiber)
-        .map_or(0, |s| s.result);
+        .map_or(0, |s| s.cell().result.get());
     if let Some(t) = timer {
         if lp.timer_pending(t) {
             let _ = lp.stop_timer(t);
@@ -392,7 +557,7 @@ impl Drop for InFlight<'_> {
         let result = self.inner.cancel_and_wait(self.key).or_else(|| {
             // Completed before the unwind: the result was delivered to the fiber's slot.
             let fibers = self.inner.fibers.borrow();
-            fibers.slots.get(self.fiber).map(|s| s.result)
+            fibers.slots.get(self.fiber).map(|s| s.cell().result.get())
         });
         if let (Some(result), Some(orphan)) = (result, self.orphan) {
             orphan(result);
@@ -400,15 +565,36 @@ impl Drop for InFlight<'_> {
     }
 }
 
+impl CellPtr {
+    /// Takes the coroutine out of a cell whose fiber is not running.
+    fn take(&mut self) -> Option<Co> {
+        // SAFETY: `&mut self` is the slot's own access to its cell; callers hold it only for
+        // fibers that are suspended or finished, so no `&mut Co` from `run_fibers` is alive.
+        unsafe { (*self.0.as_ref().co.get()).take() }
+    }
+}
+
 impl Inner {
+    /// Whether work other than fibers is waiting that costs nothing to notice (atomic flags):
+    /// the fiber phase ends early for it.
+    #[inline]
+    fn other_work(&self) -> bool {
+        self.shared.maybe_posted()
+            || self.signal_pending.load(Ordering::Relaxed)
+            || self.shared.stop.load(Ordering::Relaxed)
+    }
+
     /// See [`Loop::make_ready`].
+    #[inline]
     pub(crate) fn make_ready(&self, id: OpId) {
         let mut fibers = self.fibers.borrow_mut();
-        if let Some(slot) = fibers.slots.get_mut(id) {
-            if !slot.queued {
-                slot.queued = true;
-                fibers.ready.push_back(id);
-            }
+        let Some(slot) = fibers.slots.get(id) else {
+            return;
+        };
+        let c = slot.cell();
+        if !c.queued.get() {
+            c.queued.set(true);
+            fibers.ready.push_back(id);
         }
     }
 
