@@ -324,6 +324,7 @@ impl Loop {
     /// The time `Timer::after` counts from, when it cannot be the cached time: outside a run
     /// the cached time may be arbitrarily old, so the clock is read. `None`: use the cached time
     /// (inside a run, or for an absolute deadline).
+    #[inline]
     fn fresh_now(&self, timer: &Timer) -> Option<u64> {
         match timer.first {
             First::After(_) if !self.inner.running.get() => Some(self.now_ns()),

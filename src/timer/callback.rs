@@ -22,14 +22,15 @@ type Storage = MaybeUninit<[usize; INLINE_WORDS]>;
 struct VTable {
     /// Calls the closure stored at the pointer.
     call: unsafe fn(*mut u8, &Loop, TimerId),
-    /// Drops the closure stored at the pointer in place.
-    drop: unsafe fn(*mut u8),
+    /// Drops the closure stored at the pointer in place; `None` when dropping it does nothing
+    /// (a closure that captures only plain data), which spares the call.
+    drop: Option<unsafe fn(*mut u8)>,
 }
 
 /// The table of the empty callback (a `static`, so that its address is unique).
 static EMPTY: VTable = VTable {
     call: call_nothing,
-    drop: drop_nothing,
+    drop: None,
 };
 
 /// # Safety
@@ -37,18 +38,17 @@ static EMPTY: VTable = VTable {
 /// None needed: it touches nothing (an `unsafe fn` only to fit in [`VTable::call`]).
 unsafe fn call_nothing(_: *mut u8, _: &Loop, _: TimerId) {}
 
-/// # Safety
-///
-/// None needed: it touches nothing (an `unsafe fn` only to fit in [`VTable::drop`]).
-unsafe fn drop_nothing(_: *mut u8) {}
-
 /// Makes the [`VTable`] of the closure type `F`.
 struct VTableOf<F>(PhantomData<F>);
 
 impl<F: FnMut(&Loop, TimerId) + 'static> VTableOf<F> {
     const VTABLE: VTable = VTable {
         call: call::<F>,
-        drop: drop_in_place::<F>,
+        drop: if mem::needs_drop::<F>() {
+            Some(drop_in_place::<F>)
+        } else {
+            None
+        },
     };
 }
 
@@ -139,8 +139,10 @@ impl Callback {
 
 impl Drop for Callback {
     fn drop(&mut self) {
-        // SAFETY: `data` holds the closure of `vtable`'s type; this is the last use of it.
-        unsafe { (self.vtable.drop)(self.data.as_mut_ptr().cast()) }
+        if let Some(drop) = self.vtable.drop {
+            // SAFETY: `data` holds the closure of `vtable`'s type; this is the last use of it.
+            unsafe { drop(self.data.as_mut_ptr().cast()) }
+        }
     }
 }
 

@@ -239,6 +239,7 @@ impl<T> TimerWheel<T> {
 
     /// Removes a timer (scheduled or detached) and returns its payload, or `None` if `key` is
     /// stale. O(1).
+    #[inline(always)]
     pub(crate) fn remove(&mut self, key: TimerKey) -> Option<T> {
         let idx = self.live(key)?;
         self.detach(idx);
@@ -382,6 +383,7 @@ impl<T> TimerWheel<T> {
     }
 
     /// Unlinks a live entry if it is scheduled, leaving it detached.
+    #[inline(always)]
     fn detach(&mut self, idx: u32) {
         if self.entries[idx as usize].list == DETACHED {
             return;
@@ -395,6 +397,7 @@ impl<T> TimerWheel<T> {
     }
 
     /// Frees a detached entry, returning its payload.
+    #[inline(always)]
     fn free(&mut self, idx: u32) -> T {
         let entry = &mut self.entries[idx as usize];
         debug_assert_eq!(entry.list, DETACHED);
@@ -451,6 +454,7 @@ impl<T> TimerWheel<T> {
     }
 
     /// Unlinks `idx` from its list, clearing the slot's occupancy bit when the slot empties.
+    #[inline(always)]
     fn unlink(&mut self, idx: u32) {
         let Entry {
             prev, next, list, ..
