@@ -428,3 +428,7 @@ fn first_deadline(lp: &Loop, timer: &Timer, now: u64) -> u64 {
         First::At(t) => lp.instant_to_ns(t),
     }
 }
+
+#[cfg(test)]
+#[path = "timer/tests.rs"]
+mod tests;

@@ -86,6 +86,12 @@ pub(crate) struct TimerKey {
 }
 
 impl TimerKey {
+    #[cfg(test)]
+    /// The entry's slab index.
+    pub(crate) fn index(self) -> u32 {
+        self.index
+    }
+
     /// Packs the key into a `u64` (generation in the high half).
     pub(crate) fn to_u64(self) -> u64 {
         (u64::from(self.generation) << 32) | u64::from(self.index)
