@@ -21,7 +21,7 @@
 //! Group `timers-churn`: 1,000,000 timers stay live; each element starts one timer and stops
 //! one chosen at random among the live ones (the new one takes its place), so every access
 //! lands on a cold cache line of a large structure. Run outside the loop (fdloop reads the
-//! clock per start, like tokio).
+//! clock per start, like tokio). Thread CPU time, as above.
 //!
 //! * `fdloop/start+stop`: `start_timer` + `stop_timer`.
 //! * `fdloop/restart`: `Loop::restart_timer` of a random running timer (a stop and a start in
@@ -172,21 +172,35 @@ fn churn(c: &mut Criterion) {
     let lp = Loop::new().expect("loop");
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut ids: Vec<TimerId> = (0..LIVE)
-        .map(|_| lp.start_timer(Timer::after(rng.delay()), |_, _| {}))
+        .map(|i| {
+            lp.start_timer(Timer::after(rng.delay()), move |_, _| {
+                std::hint::black_box(i);
+            })
+        })
         .collect();
     g.bench_function("fdloop/start+stop", |b| {
-        b.iter(|| {
-            let i = rng.index();
-            let new = lp.start_timer(Timer::after(rng.delay()), |_, _| {});
-            let old = std::mem::replace(&mut ids[i], new);
-            lp.stop_timer(old).expect("running");
+        b.iter_custom(|iters| {
+            let t = CpuTime::now();
+            for _ in 0..iters {
+                let i = rng.index();
+                let new = lp.start_timer(Timer::after(rng.delay()), move |_, _| {
+                    std::hint::black_box(i);
+                });
+                let old = std::mem::replace(&mut ids[i], new);
+                lp.stop_timer(old).expect("running");
+            }
+            t.elapsed()
         })
     });
     g.bench_function("fdloop/restart", |b| {
-        b.iter(|| {
-            let i = rng.index();
-            lp.restart_timer(ids[i], Timer::after(rng.delay()))
-                .expect("running");
+        b.iter_custom(|iters| {
+            let t = CpuTime::now();
+            for _ in 0..iters {
+                let i = rng.index();
+                lp.restart_timer(ids[i], Timer::after(rng.delay()))
+                    .expect("running");
+            }
+            t.elapsed()
         })
     });
     drop(ids);
@@ -206,20 +220,28 @@ fn churn(c: &mut Criterion) {
         })
         .collect();
     g.bench_function("tokio/sleep+drop", |b| {
-        b.iter(|| {
-            let i = rng.index();
-            let mut s = Box::pin(tokio::time::sleep(rng.delay()));
-            let _ = s.as_mut().poll(&mut cx);
-            sleeps[i] = s;
+        b.iter_custom(|iters| {
+            let t = CpuTime::now();
+            for _ in 0..iters {
+                let i = rng.index();
+                let mut s = Box::pin(tokio::time::sleep(rng.delay()));
+                let _ = s.as_mut().poll(&mut cx);
+                sleeps[i] = s;
+            }
+            t.elapsed()
         })
     });
     g.bench_function("tokio/reset", |b| {
-        b.iter(|| {
-            let i = rng.index();
-            let deadline = tokio::time::Instant::from_std(Instant::now() + rng.delay());
-            let s = &mut sleeps[i];
-            s.as_mut().reset(deadline);
-            let _ = s.as_mut().poll(&mut cx);
+        b.iter_custom(|iters| {
+            let t = CpuTime::now();
+            for _ in 0..iters {
+                let i = rng.index();
+                let deadline = tokio::time::Instant::from_std(Instant::now() + rng.delay());
+                let s = &mut sleeps[i];
+                s.as_mut().reset(deadline);
+                let _ = s.as_mut().poll(&mut cx);
+            }
+            t.elapsed()
         })
     });
     drop(sleeps);
