@@ -10,8 +10,9 @@
 //! One slab entry per timer holds everything: the wheel's links and deadline, the period, and
 //! the callback, stored in place when it captures at most three words (larger closures are
 //! boxed). A [`TimerId`] names the entry directly, so stopping is an index and a generation
-//! check, then an unlink: no search, no second map. Starting a timer from inside the loop reads
-//! no clock: `Timer::after` counts from the loop's cached time (see [`Loop::start_timer`]).
+//! check, then an unlink: no search, no second map. Timers started inside the loop share one
+//! clock reading per stretch of the iteration: `Timer::after` counts from the loop's cached time
+//! (see [`Loop::start_timer`]).
 
 use std::fmt;
 use std::io;
@@ -138,9 +139,10 @@ pub(crate) struct Timers {
     /// deadline after it, so that they fire in the next iteration and the phase stays bounded.
     firing_until: Option<u64>,
     /// The loop's cached time (ns since its epoch): `Timer::after` deadlines of timers started
-    /// while the loop runs count from it. Updated at the start of each iteration and when the
-    /// driver's wait returns.
-    now: u64,
+    /// while the loop runs count from it. `None` (stale) at the start of each iteration and when
+    /// the driver's wait returns; read from the clock by the first user after that, so an
+    /// iteration that neither fires nor starts timers reads no clock for them.
+    now: Option<u64>,
 }
 
 impl Timers {
@@ -148,7 +150,7 @@ impl Timers {
         Timers {
             wheel: TimerWheel::new(0),
             firing_until: None,
-            now: 0,
+            now: None,
         }
     }
 
@@ -193,11 +195,13 @@ impl Loop {
     /// # The start time of `Timer::after`
     ///
     /// Called while the loop runs (from a callback or a fiber), `Timer::after(d)` and
-    /// `Timer::every(d)` count `d` from the loop's *cached time*, not from a fresh clock read:
-    /// the monotonic time read when the current iteration started or when its wait for events
-    /// returned (libuv does the same). Starting a timer then costs no clock read; the price is
-    /// that a callback which has worked for a while before starting a timer gets it that much
-    /// earlier than `d` after the call. Call [`Loop::update_now`] first when that matters.
+    /// `Timer::every(d)` count `d` from the loop's *cached time*, not from a fresh clock read,
+    /// as in libuv. The loop reads the monotonic clock once at the start of an iteration (to
+    /// fire due timers) and once after its wait for events (when the first timer is started
+    /// then), and timers started later in the same stretch count from that reading. Starting a
+    /// timer then costs no clock read; the price is that a callback which has worked for a while
+    /// before starting a timer gets it that much earlier than `d` after the call (never before
+    /// `d` after the reading). Call [`Loop::update_now`] first when that matters.
     /// Called while the loop is not running, `start_timer` reads the clock. `Timer::at`
     /// deadlines are absolute and unaffected.
     ///
@@ -224,9 +228,8 @@ impl Loop {
         F: FnMut(&Loop, TimerId) + 'static,
     {
         let callback = Callback::new(callback);
-        let fresh = self.fresh_now(&timer);
         let mut timers = self.inner.timers.borrow_mut();
-        let deadline = timers.bounded(first_deadline(self, &timer, fresh.unwrap_or(timers.now)));
+        let deadline = self.first_deadline(&mut timers, &timer);
         let key = timers.wheel.insert(
             deadline,
             Slot {
@@ -302,9 +305,8 @@ impl Loop {
         if id.serial != self.inner.serial {
             return Err(not_running());
         }
-        let fresh = self.fresh_now(&timer);
         let mut timers = self.inner.timers.borrow_mut();
-        let deadline = timers.bounded(first_deadline(self, &timer, fresh.unwrap_or(timers.now)));
+        let deadline = self.first_deadline(&mut timers, &timer);
         let slot = timers.wheel.get_mut(id.key).ok_or_else(not_running)?;
         slot.period = timer.period.map_or(0, dur_ns);
         timers.wheel.reschedule(id.key, deadline);
@@ -313,23 +315,50 @@ impl Loop {
 
     /// Refreshes the loop's cached time from the monotonic clock. `Timer::after` deadlines of
     /// timers started while the loop runs count from the cached time (see
-    /// [`Loop::start_timer`]); the loop refreshes it at the start of every iteration and when
-    /// its wait for events returns. Call this from a callback that has run for a while before it
-    /// starts a timer whose delay must count from now.
+    /// [`Loop::start_timer`]); the loop reads it again after the start of every iteration and
+    /// after its wait for events returns, when a timer first needs it. Call this from a callback
+    /// that has run for a while before it starts a timer whose delay must count from now.
     pub fn update_now(&self) {
         let now = self.now_ns();
-        self.inner.timers.borrow_mut().now = now;
+        self.inner.timers.borrow_mut().now = Some(now);
     }
 
-    /// The time `Timer::after` counts from, when it cannot be the cached time: outside a run
-    /// the cached time may be arbitrarily old, so the clock is read. `None`: use the cached time
-    /// (inside a run, or for an absolute deadline).
+    /// Marks the cached time stale: the next timer started or fired reads the clock. The loop
+    /// calls this at the start of each iteration and when its wait for events returns.
+    pub(crate) fn expire_now(&self) {
+        self.inner.timers.borrow_mut().now = None;
+    }
+
+    /// The loop's cached time, read from the clock if it is stale.
     #[inline]
-    fn fresh_now(&self, timer: &Timer) -> Option<u64> {
-        match timer.first {
-            First::After(_) if !self.inner.running.get() => Some(self.now_ns()),
-            _ => None,
+    fn cached_now(&self, timers: &mut Timers) -> u64 {
+        match timers.now {
+            Some(now) => now,
+            None => {
+                let now = self.now_ns();
+                timers.now = Some(now);
+                now
+            }
         }
+    }
+
+    /// The first deadline of `timer` started now, bounded for the timer phase. `Timer::after`
+    /// counts from the cached time inside a run; outside one the cached time may be arbitrarily
+    /// old, so the clock is read.
+    #[inline]
+    fn first_deadline(&self, timers: &mut Timers, timer: &Timer) -> u64 {
+        let deadline = match timer.first {
+            First::After(d) => {
+                let now = if self.inner.running.get() {
+                    self.cached_now(timers)
+                } else {
+                    self.now_ns()
+                };
+                now.saturating_add(dur_ns(d))
+            }
+            First::At(t) => self.instant_to_ns(t),
+        };
+        timers.bounded(deadline)
     }
 
     /// Time until the earliest timer, if any (zero if one is due).
@@ -346,7 +375,7 @@ impl Loop {
             if timers.wheel.live_count() == 0 {
                 return;
             }
-            let now = timers.now;
+            let now = self.cached_now(&mut timers);
             timers.firing_until = Some(now);
             now
         };
@@ -418,14 +447,6 @@ impl Loop {
                 break;
             }
         }
-    }
-}
-
-/// The first deadline of `timer` started at `now` (ns since the loop's epoch).
-fn first_deadline(lp: &Loop, timer: &Timer, now: u64) -> u64 {
-    match timer.first {
-        First::After(d) => now.saturating_add(dur_ns(d)),
-        First::At(t) => lp.instant_to_ns(t),
     }
 }
 

@@ -11,8 +11,9 @@
 //!
 //! * `fdloop`: `Loop::start_timer`, then `Loop::stop_timer`, from a callback inside the running
 //!   loop (where timers are started in real programs). `Timer::after` counts from the loop's
-//!   cached time there, so a start reads no clock. The callback captures a word (an index), so
-//!   it is not a zero-sized closure; no timer fires.
+//!   cached time there (one clock reading per stretch of the iteration, not one per start).
+//!   The callback captures a word (an index), so it is not a zero-sized closure; no timer
+//!   fires.
 //! * `fdloop/outside-run`: the same with the loop not running: each start reads the monotonic
 //!   clock.
 //! * `tokio`: a boxed `tokio::time::Sleep` polled once (which registers it in the timer
