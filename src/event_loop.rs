@@ -323,6 +323,9 @@ impl Loop {
     /// signals. `limit` bounds the wait; `idle_ok` lets the wait block with nothing registered.
     fn iteration(&self, limit: Option<Duration>, idle_ok: bool) -> io::Result<()> {
         let inner = &*self.inner;
+        // The cached time `Timer::after` counts from inside the loop is read again when next
+        // needed (see `Loop::start_timer`).
+        self.expire_now();
         self.dispatch_leftover();
         if self.panicked() {
             return Ok(());
@@ -363,6 +366,7 @@ impl Loop {
         let mut completions = std::mem::take(&mut *inner.completions.borrow_mut());
         completions.clear();
         let waited = inner.driver.borrow_mut().wait(timeout, &mut completions);
+        self.expire_now();
         self.dispatch(&mut completions);
         *inner.completions.borrow_mut() = completions;
         waited?;

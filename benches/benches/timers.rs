@@ -1,17 +1,28 @@
 //! Timer start + stop, a million timers, random deadlines 1–60 s. One element is one start
 //! and one stop.
 //!
-//! Group `timers-batch`: batches of 1,000,000 timers are started (random deadlines), then all
-//! stopped, in the order they were started.
+//! Group `timers-batch`: batches of exactly 1,000,000 timers are started (random deadlines
+//! 1–60 s), so that a million are live at the end of each batch, then all stopped, in the order
+//! they were started. A sample of `n` elements runs ⌈n / 1,000,000⌉ whole batches and reports
+//! the time per element, so every sample works at the full million whatever its size. The time
+//! is the thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`, user + system): all of this work runs on
+//! the calling thread without blocking, and CPU time does not count the time other processes
+//! take the core from it on a shared machine.
 //!
-//! * `fdloop`: `Loop::start_timer`, then `Loop::stop_timer` (the loop is not run, so no timer
-//!   fires).
+//! * `fdloop`: `Loop::start_timer`, then `Loop::stop_timer`, from a callback inside the running
+//!   loop (where timers are started in real programs). `Timer::after` counts from the loop's
+//!   cached time there (one clock reading per stretch of the iteration, not one per start).
+//!   The callback captures a word (an index), so it is not a zero-sized closure; no timer
+//!   fires.
+//! * `fdloop/outside-run`: the same with the loop not running: each start reads the monotonic
+//!   clock.
 //! * `tokio`: a boxed `tokio::time::Sleep` polled once (which registers it in the timer
-//!   wheel), then dropped (which deregisters it).
+//!   wheel), then dropped (which deregisters it). `tokio::time::sleep` reads the clock.
 //!
 //! Group `timers-churn`: 1,000,000 timers stay live; each element starts one timer and stops
 //! one chosen at random among the live ones (the new one takes its place), so every access
-//! lands on a cold cache line of a large structure.
+//! lands on a cold cache line of a large structure. Run outside the loop (fdloop reads the
+//! clock per start, like tokio). Thread CPU time, as above.
 //!
 //! * `fdloop/start+stop`: `start_timer` + `stop_timer`.
 //! * `fdloop/restart`: `Loop::restart_timer` of a random running timer (a stop and a start in
@@ -19,8 +30,10 @@
 //! * `tokio/sleep+drop`: a new boxed `Sleep`, polled once; the replaced one is dropped.
 //! * `tokio/reset`: `Sleep::reset` of a random registered `Sleep`, polled again.
 
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
@@ -47,27 +60,84 @@ impl Rng {
     }
 }
 
+/// A point in the calling thread's CPU time.
+struct CpuTime(Duration);
+
+impl CpuTime {
+    fn now() -> CpuTime {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the kernel knows.
+        let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(r, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+        CpuTime(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+
+    fn elapsed(&self) -> Duration {
+        CpuTime::now().0.saturating_sub(self.0)
+    }
+}
+
+/// Whole batches of `LIVE` elements for a sample of `iters` elements.
+fn batches(iters: u64) -> u64 {
+    iters.div_ceil(LIVE as u64).max(1)
+}
+
+/// The time of `iters` elements, from the time of `batches(iters)` whole batches.
+fn per_iters(elapsed: Duration, iters: u64) -> Duration {
+    elapsed.mul_f64(iters as f64 / (batches(iters) * LIVE as u64) as f64)
+}
+
+/// One fdloop batch: `LIVE` starts, then `LIVE` stops in start order.
+fn fdloop_batch(lp: &Loop, rng: &mut Rng, ids: &mut Vec<TimerId>) {
+    for i in 0..LIVE {
+        ids.push(lp.start_timer(Timer::after(rng.delay()), move |_, _| {
+            std::hint::black_box(i);
+        }));
+    }
+    for id in ids.drain(..) {
+        lp.stop_timer(id).expect("running");
+    }
+}
+
 fn batch(c: &mut Criterion) {
     let mut g = c.benchmark_group("timers-batch");
     g.throughput(Throughput::Elements(1));
     let lp = Loop::new().expect("loop");
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    let mut ids: Vec<TimerId> = Vec::with_capacity(LIVE);
+    let state = Rc::new(RefCell::new((
+        Rng(0x2545_f491_4f6c_dd1d),
+        Vec::<TimerId>::with_capacity(LIVE),
+    )));
+    let took = Rc::new(Cell::new(Duration::ZERO));
     g.bench_function("fdloop", |b| {
         b.iter_custom(|iters| {
-            let t = Instant::now();
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(LIVE as u64);
-                left -= n;
+            let n = batches(iters);
+            let (st, tk) = (state.clone(), took.clone());
+            // The batches run inside the loop, in a timer callback.
+            lp.start_timer(Timer::after(Duration::ZERO), move |lp, _| {
+                let mut st = st.borrow_mut();
+                let (rng, ids) = &mut *st;
+                let t = CpuTime::now();
                 for _ in 0..n {
-                    ids.push(lp.start_timer(Timer::after(rng.delay()), |_, _| {}));
+                    fdloop_batch(lp, rng, ids);
                 }
-                for id in ids.drain(..) {
-                    lp.stop_timer(id).expect("running");
-                }
+                tk.set(t.elapsed());
+            });
+            lp.run().expect("run");
+            per_iters(took.get(), iters)
+        })
+    });
+    g.bench_function("fdloop/outside-run", |b| {
+        b.iter_custom(|iters| {
+            let mut st = state.borrow_mut();
+            let (rng, ids) = &mut *st;
+            let t = CpuTime::now();
+            for _ in 0..batches(iters) {
+                fdloop_batch(&lp, rng, ids);
             }
-            t.elapsed()
+            per_iters(t.elapsed(), iters)
         })
     });
     drop(lp);
@@ -78,22 +148,20 @@ fn batch(c: &mut Criterion) {
         .expect("runtime");
     let _guard = rt.enter();
     let mut cx = Context::from_waker(Waker::noop());
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut sleeps: Vec<Pin<Box<tokio::time::Sleep>>> = Vec::with_capacity(LIVE);
     g.bench_function("tokio", |b| {
         b.iter_custom(|iters| {
-            let t = Instant::now();
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(LIVE as u64);
-                left -= n;
-                for _ in 0..n {
+            let t = CpuTime::now();
+            for _ in 0..batches(iters) {
+                for _ in 0..LIVE {
                     let mut s = Box::pin(tokio::time::sleep(rng.delay()));
                     let _ = s.as_mut().poll(&mut cx);
                     sleeps.push(s);
                 }
                 sleeps.clear();
             }
-            t.elapsed()
+            per_iters(t.elapsed(), iters)
         })
     });
     g.finish();
@@ -105,21 +173,35 @@ fn churn(c: &mut Criterion) {
     let lp = Loop::new().expect("loop");
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut ids: Vec<TimerId> = (0..LIVE)
-        .map(|_| lp.start_timer(Timer::after(rng.delay()), |_, _| {}))
+        .map(|i| {
+            lp.start_timer(Timer::after(rng.delay()), move |_, _| {
+                std::hint::black_box(i);
+            })
+        })
         .collect();
     g.bench_function("fdloop/start+stop", |b| {
-        b.iter(|| {
-            let i = rng.index();
-            let new = lp.start_timer(Timer::after(rng.delay()), |_, _| {});
-            let old = std::mem::replace(&mut ids[i], new);
-            lp.stop_timer(old).expect("running");
+        b.iter_custom(|iters| {
+            let t = CpuTime::now();
+            for _ in 0..iters {
+                let i = rng.index();
+                let new = lp.start_timer(Timer::after(rng.delay()), move |_, _| {
+                    std::hint::black_box(i);
+                });
+                let old = std::mem::replace(&mut ids[i], new);
+                lp.stop_timer(old).expect("running");
+            }
+            t.elapsed()
         })
     });
     g.bench_function("fdloop/restart", |b| {
-        b.iter(|| {
-            let i = rng.index();
-            lp.restart_timer(ids[i], Timer::after(rng.delay()))
-                .expect("running");
+        b.iter_custom(|iters| {
+            let t = CpuTime::now();
+            for _ in 0..iters {
+                let i = rng.index();
+                lp.restart_timer(ids[i], Timer::after(rng.delay()))
+                    .expect("running");
+            }
+            t.elapsed()
         })
     });
     drop(ids);
@@ -139,20 +221,28 @@ fn churn(c: &mut Criterion) {
         })
         .collect();
     g.bench_function("tokio/sleep+drop", |b| {
-        b.iter(|| {
-            let i = rng.index();
-            let mut s = Box::pin(tokio::time::sleep(rng.delay()));
-            let _ = s.as_mut().poll(&mut cx);
-            sleeps[i] = s;
+        b.iter_custom(|iters| {
+            let t = CpuTime::now();
+            for _ in 0..iters {
+                let i = rng.index();
+                let mut s = Box::pin(tokio::time::sleep(rng.delay()));
+                let _ = s.as_mut().poll(&mut cx);
+                sleeps[i] = s;
+            }
+            t.elapsed()
         })
     });
     g.bench_function("tokio/reset", |b| {
-        b.iter(|| {
-            let i = rng.index();
-            let deadline = tokio::time::Instant::from_std(Instant::now() + rng.delay());
-            let s = &mut sleeps[i];
-            s.as_mut().reset(deadline);
-            let _ = s.as_mut().poll(&mut cx);
+        b.iter_custom(|iters| {
+            let t = CpuTime::now();
+            for _ in 0..iters {
+                let i = rng.index();
+                let deadline = tokio::time::Instant::from_std(Instant::now() + rng.delay());
+                let s = &mut sleeps[i];
+                s.as_mut().reset(deadline);
+                let _ = s.as_mut().poll(&mut cx);
+            }
+            t.elapsed()
         })
     });
     drop(sleeps);

@@ -24,6 +24,11 @@
 //!   of a higher one.
 //! * **Overflow.** A timer beyond the 2^36-tick block that contains `elapsed` (more than ≈ 2.3 years
 //!   ahead) waits in the unsorted overflow list, which is looked at only when all six levels are empty.
+//! * **Detached entries.** [`TimerWheel::pop_expired`] unlinks a due timer but keeps its entry, key
+//!   and payload ("detached") until it is rescheduled or removed, so the loop re-arms a periodic
+//!   timer, or one restarted from its own callback, in the same entry: one slab holds the deadline,
+//!   the links and the loop's payload (callback, period), and a key names a timer for its whole
+//!   life.
 //! * **Ready.** Timers whose tick is ≤ `elapsed` sit in the ready list, sorted by deadline, then by
 //!   insertion order. Everything in it is due before everything in the levels.
 //!
@@ -39,7 +44,7 @@
 //!
 //! # Costs
 //!
-//! Insert and remove are O(1): a slab slot, a bitmap bit and a list link. (A timer due within the
+//! Insert, remove and reschedule are O(1): a slab slot, a bitmap bit and a list link. (A timer due within the
 //! current tick is placed in the ready list by a scan from its tail, which in practice holds only that
 //! tick's timers.) [`TimerWheel::next_deadline`] is exact; it caches the earliest entry and recomputes
 //! it only when that entry leaves, by reading the ready list's head or scanning the single earliest
@@ -65,8 +70,30 @@ const OVERFLOW: u16 = READY + 1;
 const LIST_COUNT: usize = OVERFLOW as usize + 1;
 /// `Entry::list` of a free entry.
 const FREE: u16 = u16::MAX;
+/// `Entry::list` of a detached entry: live (its key and payload stay valid) but in no list, so it
+/// has no deadline until it is rescheduled.
+const DETACHED: u16 = u16::MAX - 1;
 /// The null link.
 const NIL: u32 = u32::MAX;
+/// Slab size from which huge pages are requested.
+const HUGE_PAGE_FROM: usize = 4 << 20;
+/// The huge page size asked for (x86-64 and aarch64 with 4 KiB base pages).
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Advises the kernel to back the whole huge pages inside `[start, start + len)` with
+/// transparent huge pages (`MADV_HUGEPAGE`). Only advice: nothing is mapped, unmapped or
+/// changed, and failure (THP disabled, an old kernel) is ignored.
+fn advise_huge_pages(start: *const u8, len: usize) {
+    let begin = (start as usize).next_multiple_of(HUGE_PAGE);
+    let end = (start as usize + len) / HUGE_PAGE * HUGE_PAGE;
+    if end <= begin {
+        return;
+    }
+    // SAFETY: `[begin, end)` lies inside the slab's live allocation (rounded inwards to whole
+    // huge pages), which this wheel owns; MADV_HUGEPAGE changes only how the kernel backs those
+    // pages, never their contents or validity, so no Rust reference is affected.
+    let _ = unsafe { libc::madvise(begin as *mut libc::c_void, end - begin, libc::MADV_HUGEPAGE) };
+}
 
 /// Identifies a timer in a [`TimerWheel`]; stale keys (of a removed or fired timer) are ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,7 +105,12 @@ pub(crate) struct TimerKey {
 }
 
 impl TimerKey {
-    #[cfg(test)] // the loop keeps its own count and keys; the model tests use these
+    #[cfg(test)]
+    /// The entry's slab index.
+    pub(crate) fn index(self) -> u32 {
+        self.index
+    }
+
     /// Packs the key into a `u64` (generation in the high half).
     pub(crate) fn to_u64(self) -> u64 {
         (u64::from(self.generation) << 32) | u64::from(self.index)
@@ -111,7 +143,10 @@ impl List {
     };
 }
 
-/// One slab entry: a live timer, or a link in the free list.
+/// One slab entry: a live timer, or a link in the free list. Aligned to a cache line so that an
+/// entry with a payload of up to 40 bytes (the loop's) is exactly one line: starting, stopping or
+/// firing a timer touches one line of its own.
+#[repr(align(64))]
 struct Entry<T> {
     /// Deadline in nanoseconds.
     deadline: u64,
@@ -133,8 +168,10 @@ pub(crate) struct TimerWheel<T> {
     entries: Vec<Entry<T>>,
     /// First free entry, or `NIL`.
     free_head: u32,
-    /// Number of live timers.
+    /// Number of scheduled timers (linked into a list).
     len: usize,
+    /// Number of live entries: scheduled plus detached.
+    live: usize,
     /// Every list, indexed by `Entry::list`.
     lists: Box<[List]>,
     /// Per level, bit `s` is set iff slot `s` is non-empty.
@@ -158,6 +195,7 @@ impl<T> TimerWheel<T> {
             entries: Vec::new(),
             free_head: NIL,
             len: 0,
+            live: 0,
             lists: vec![List::EMPTY; LIST_COUNT].into_boxed_slice(),
             occupied: [0; LEVELS],
             elapsed: now_ns >> TICK_SHIFT,
@@ -170,16 +208,21 @@ impl<T> TimerWheel<T> {
         }
     }
 
-    #[cfg(test)] // the loop keeps its own count and keys; the model tests use these
-    /// Number of live timers.
+    #[cfg(test)] // the loop counts detached entries too (`live_count`); the model tests use this
+    /// Number of scheduled timers.
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    #[cfg(test)] // the loop keeps its own count and keys; the model tests use these
-    /// Whether there are no live timers.
+    #[cfg(test)] // the loop counts detached entries too (`live_count`); the model tests use this
+    /// Whether no timer is scheduled.
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Number of live entries: scheduled timers plus detached entries.
+    pub(crate) fn live_count(&self) -> usize {
+        self.live
     }
 
     /// Adds a timer due at `deadline_ns`. A deadline at or before the wheel's time fires at the next
@@ -190,7 +233,15 @@ impl<T> TimerWheel<T> {
     /// If the wheel already holds 2^32 - 1 timers.
     pub(crate) fn insert(&mut self, deadline_ns: u64, value: T) -> TimerKey {
         let key = self.alloc(deadline_ns, value);
-        let idx = key.index;
+        self.schedule(key.index, deadline_ns);
+        key
+    }
+
+    /// Links the detached entry `idx` (its deadline set) into its list and counts it as
+    /// scheduled.
+    fn schedule(&mut self, idx: u32, deadline_ns: u64) {
+        debug_assert_eq!(self.entries[idx as usize].list, DETACHED);
+        self.len += 1;
         let tick = deadline_ns >> TICK_SHIFT;
         if tick <= self.elapsed {
             let mut after = self.lists[READY as usize].tail;
@@ -209,20 +260,44 @@ impl<T> TimerWheel<T> {
             None if self.len == 1 => self.min_cache.set(Some(idx)),
             _ => {}
         }
-        key
     }
 
-    /// Removes a timer and returns its payload, or `None` if `key` is stale. O(1).
+    /// Removes a timer (scheduled or detached) and returns its payload, or `None` if `key` is
+    /// stale. O(1).
+    #[inline(always)]
     pub(crate) fn remove(&mut self, key: TimerKey) -> Option<T> {
         let idx = self.live(key)?;
-        Some(self.take(idx))
+        self.detach(idx);
+        Some(self.free(idx))
     }
 
-    #[cfg(test)] // the loop keeps its own count and keys; the model tests use these
-    /// The payload of a live timer.
+    /// Gives a live timer (scheduled or detached) the deadline `deadline_ns`, keeping its key and
+    /// payload. Returns `false` if `key` is stale. O(1), like a remove and an insert.
+    pub(crate) fn reschedule(&mut self, key: TimerKey, deadline_ns: u64) -> bool {
+        let Some(idx) = self.live(key) else {
+            return false;
+        };
+        self.detach(idx);
+        self.entries[idx as usize].deadline = deadline_ns;
+        self.schedule(idx, deadline_ns);
+        true
+    }
+
+    /// Whether `key` names a scheduled timer (not a detached or stale one).
+    pub(crate) fn is_scheduled(&self, key: TimerKey) -> bool {
+        self.live(key)
+            .is_some_and(|idx| self.entries[idx as usize].list != DETACHED)
+    }
+
+    /// The payload of a live timer (scheduled or detached).
     pub(crate) fn get_mut(&mut self, key: TimerKey) -> Option<&mut T> {
         let idx = self.live(key)?;
         self.entries[idx as usize].value.as_mut()
+    }
+
+    /// Whether `key` names a live timer (scheduled or detached).
+    pub(crate) fn contains(&self, key: TimerKey) -> bool {
+        self.live(key).is_some()
     }
 
     #[cfg(test)] // the loop keeps its own count and keys; the model tests use these
@@ -251,6 +326,7 @@ impl<T> TimerWheel<T> {
         Some(self.entries[idx as usize].deadline)
     }
 
+    #[cfg(test)] // the loop detaches with `pop_expired`; the model tests use this
     /// Removes and returns one timer whose deadline is ≤ `now_ns`: the earliest one, ties in
     /// insertion order. Returns `None` when no timer is due.
     ///
@@ -258,6 +334,15 @@ impl<T> TimerWheel<T> {
     /// time), cascading the slots it reaches. Amortised O(1) per timer; empty stretches are skipped
     /// through the occupancy bitmaps.
     pub(crate) fn poll_expired(&mut self, now_ns: u64) -> Option<(TimerKey, u64, T)> {
+        let (key, deadline) = self.pop_expired(now_ns)?;
+        Some((key, deadline, self.free(key.index)))
+    }
+
+    /// As [`poll_expired`](Self::poll_expired), but the timer is *detached* instead of removed:
+    /// its key and payload stay valid (see [`get_mut`](Self::get_mut)) until it is
+    /// [`reschedule`](Self::reschedule)d or [`remove`](Self::remove)d. This is how a periodic
+    /// timer is re-armed without a second slab or a new key.
+    pub(crate) fn pop_expired(&mut self, now_ns: u64) -> Option<(TimerKey, u64)> {
         self.now_ns = self.now_ns.max(now_ns);
         let now = self.now_ns;
         loop {
@@ -273,7 +358,8 @@ impl<T> TimerWheel<T> {
                     generation: entry.generation,
                 };
                 let deadline = entry.deadline;
-                return Some((key, deadline, self.take(head)));
+                self.detach(head);
+                return Some((key, deadline));
             }
             if !self.advance(now >> TICK_SHIFT) {
                 return None;
@@ -302,6 +388,9 @@ impl<T> TimerWheel<T> {
         } else {
             let index = self.entries.len();
             assert!(index < NIL as usize, "too many timers");
+            if index == self.entries.capacity() {
+                self.grow();
+            }
             self.entries.push(Entry {
                 deadline,
                 prev: NIL,
@@ -315,22 +404,48 @@ impl<T> TimerWheel<T> {
                 generation: 0,
             }
         };
-        self.len += 1;
+        // Detached until `schedule` links it.
+        self.entries[key.index as usize].list = DETACHED;
+        self.live += 1;
         key
     }
 
-    /// Unlinks and frees a live entry, returning its payload.
-    fn take(&mut self, idx: u32) -> T {
+    /// Doubles the slab's capacity. A slab of several megabytes asks the kernel for transparent
+    /// huge pages: with a million timers the slab is 64 MiB, and with 4 KiB pages nearly every
+    /// timer started or stopped at random would also miss the TLB.
+    #[cold]
+    fn grow(&mut self) {
+        self.entries.reserve(self.entries.capacity().max(16));
+        let bytes = self.entries.capacity() * std::mem::size_of::<Entry<T>>();
+        if bytes >= HUGE_PAGE_FROM {
+            advise_huge_pages(self.entries.as_ptr().cast(), bytes);
+        }
+    }
+
+    /// Unlinks a live entry if it is scheduled, leaving it detached.
+    #[inline(always)]
+    fn detach(&mut self, idx: u32) {
+        if self.entries[idx as usize].list == DETACHED {
+            return;
+        }
         if self.min_cache.get() == Some(idx) {
             self.min_cache.set(None);
         }
         self.unlink(idx);
+        self.entries[idx as usize].list = DETACHED;
+        self.len -= 1;
+    }
+
+    /// Frees a detached entry, returning its payload.
+    #[inline(always)]
+    fn free(&mut self, idx: u32) -> T {
         let entry = &mut self.entries[idx as usize];
+        debug_assert_eq!(entry.list, DETACHED);
         entry.list = FREE;
         entry.generation = entry.generation.wrapping_add(1);
         entry.next = self.free_head;
         self.free_head = idx;
-        self.len -= 1;
+        self.live -= 1;
         entry.value.take().expect("a live timer has a value")
     }
 
@@ -379,6 +494,7 @@ impl<T> TimerWheel<T> {
     }
 
     /// Unlinks `idx` from its list, clearing the slot's occupancy bit when the slot empties.
+    #[inline(always)]
     fn unlink(&mut self, idx: u32) {
         let Entry {
             prev, next, list, ..

@@ -46,6 +46,10 @@ enum Step {
     RemoveStale(Index),
     /// Looks up a live timer's deadline and payload.
     Inspect(Index),
+    /// Gives a live timer a new deadline (and a new payload, its new insertion number).
+    Reschedule(Index, Deadline),
+    /// Polls one due timer with `pop_expired` (detaching it), checks it, then reschedules it.
+    PopRearm(Deadline),
     /// Moves time forward by `step` and polls, with an older `now` when `older`, firing at most
     /// `budget` timers (all due ones when `None`).
     Advance {
@@ -86,6 +90,8 @@ fn step() -> impl Strategy<Value = Step> {
         15 => any::<Index>().prop_map(Step::Remove),
         5 => any::<Index>().prop_map(Step::RemoveStale),
         5 => any::<Index>().prop_map(Step::Inspect),
+        8 => (any::<Index>(), deadline()).prop_map(|(i, d)| Step::Reschedule(i, d)),
+        8 => deadline().prop_map(Step::PopRearm),
         30 => (
             time_step(),
             prop::bool::weighted(0.125),
@@ -204,10 +210,17 @@ fn check_structure(wheel: &TimerWheel<u64>) -> Result<(), TestCaseError> {
         prop_assert!(free <= wheel.entries.len(), "free list has a cycle");
         idx = e.next;
     }
-    prop_assert_eq!(free + wheel.len, wheel.entries.len(), "entries leaked");
+    let detached = wheel.entries.iter().filter(|e| e.list == DETACHED).count();
+    prop_assert_eq!(
+        detached,
+        wheel.live - wheel.len,
+        "wrong count of detached entries"
+    );
+    prop_assert_eq!(free + wheel.live, wheel.entries.len(), "entries leaked");
     if let Some(i) = wheel.min_cache.get() {
         let e = &wheel.entries[i as usize];
         prop_assert!(e.list != FREE, "min cache names a free entry");
+        prop_assert!(e.list != DETACHED, "min cache names a detached entry");
         prop_assert_eq!(Some(e.deadline), min, "min cache is not the minimum");
     }
     Ok(())
@@ -246,6 +259,49 @@ fn run(start: u64, steps: &[Step]) -> Result<(), TestCaseError> {
                 prop_assert_eq!(wheel.deadline(key), None);
                 prop_assert_eq!(wheel.get_mut(key), None);
                 prop_assert_eq!(wheel.remove(key), None);
+                prop_assert!(!wheel.reschedule(key, now));
+                prop_assert!(!wheel.contains(key));
+            }
+            Step::Reschedule(i, d) if !live.is_empty() => {
+                let j = i.index(live.len());
+                let (key, old, s) = live[j];
+                let deadline = resolve(d, now, &model);
+                prop_assert!(wheel.reschedule(key, deadline));
+                prop_assert!(wheel.is_scheduled(key));
+                *wheel.get_mut(key).unwrap() = seq;
+                prop_assert_eq!(model.remove(&(old, s)), Some(key));
+                model.insert((deadline, seq), key);
+                live[j] = (key, deadline, seq);
+                seq += 1;
+            }
+            Step::PopRearm(d) => {
+                wheel_time = wheel_time.max(now);
+                let expected = match model.first_key_value() {
+                    Some((&(deadline, s), &key)) if deadline <= wheel_time => {
+                        Some((key, deadline, s))
+                    }
+                    _ => None,
+                };
+                prop_assert_eq!(
+                    wheel.pop_expired(now),
+                    expected.map(|(key, deadline, _)| (key, deadline))
+                );
+                if let Some((key, deadline, s)) = expected {
+                    model.remove(&(deadline, s));
+                    prop_assert!(wheel.contains(key));
+                    prop_assert!(!wheel.is_scheduled(key));
+                    prop_assert_eq!(wheel.get_mut(key).copied(), Some(s));
+                    prop_assert_eq!(wheel.len(), model.len());
+                    prop_assert_eq!(wheel.live_count(), model.len() + 1);
+                    check_structure(&wheel)?;
+                    let deadline = resolve(d, now, &model);
+                    prop_assert!(wheel.reschedule(key, deadline));
+                    *wheel.get_mut(key).unwrap() = seq;
+                    model.insert((deadline, seq), key);
+                    let pos = live.iter().position(|e| e.0 == key).unwrap();
+                    live[pos] = (key, deadline, seq);
+                    seq += 1;
+                }
             }
             Step::Inspect(i) if !live.is_empty() => {
                 let (key, deadline, s) = live[i.index(live.len())];
@@ -288,6 +344,7 @@ fn run(start: u64, steps: &[Step]) -> Result<(), TestCaseError> {
         }
         prop_assert_eq!(wheel.len(), model.len());
         prop_assert_eq!(wheel.is_empty(), model.is_empty());
+        prop_assert_eq!(wheel.live_count(), model.len());
         prop_assert_eq!(
             wheel.next_deadline(),
             model.keys().next().map(|&(deadline, _)| deadline)
