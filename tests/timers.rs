@@ -122,17 +122,39 @@ backend_tests! {
         let l = log.clone();
         let victim: Rc<RefCell<Option<TimerId>>> = Rc::default();
         let v = victim.clone();
-        *victim.borrow_mut() = Some(lp.start_timer(Timer::after(Duration::from_millis(5)), |_, _| {
-            panic!("stopped timer fired");
-        }));
+        // The victim is started after the stopper, so that its deadline is later even when
+        // starting a timer is slow (under valgrind).
         lp.start_timer(Timer::after(Duration::from_millis(1)), move |lp, _| {
             l.borrow_mut().push(1);
             lp.stop_timer(v.borrow_mut().take().unwrap()).unwrap();
             let l2 = l.clone();
             lp.start_timer(Timer::after(Duration::from_millis(1)), move |_, _| l2.borrow_mut().push(2));
         });
+        *victim.borrow_mut() = Some(lp.start_timer(Timer::after(Duration::from_millis(5)), |_, _| {
+            panic!("stopped timer fired");
+        }));
         lp.run().unwrap();
         assert_eq!(*log.borrow(), vec![1, 2]);
+    }
+
+    // Both timers are due when the timer phase starts (the loop thread was busy): the first
+    // one's callback stops the second, which must then not fire in the same phase.
+    fn stop_a_timer_that_is_due_in_the_same_phase(lp: &Loop) {
+        let fired: Rc<RefCell<Vec<&str>>> = Rc::default();
+        let victim: Rc<RefCell<Option<TimerId>>> = Rc::default();
+        let (f, v) = (fired.clone(), victim.clone());
+        lp.start_timer(Timer::after(Duration::from_millis(1)), move |lp, _| {
+            f.borrow_mut().push("stopper");
+            lp.stop_timer(v.borrow_mut().take().unwrap()).unwrap();
+        });
+        let f = fired.clone();
+        *victim.borrow_mut() = Some(lp.start_timer(
+            Timer::after(Duration::from_millis(5)),
+            move |_, _| f.borrow_mut().push("victim"),
+        ));
+        std::thread::sleep(Duration::from_millis(10));
+        lp.run().unwrap();
+        assert_eq!(*fired.borrow(), vec!["stopper"]);
     }
 
     fn ids_from_another_loop_are_refused(lp: &Loop) {
