@@ -41,7 +41,8 @@
 //! ## The pieces
 //!
 //! * [`Loop`]: `run` / `run_for` / `run_once` / `stop`, `close` (and Drop);
-//! * timers: [`Loop::start_timer`], [`Loop::stop_timer`], [`Loop::restart_timer`], [`Loop::update_now`] ([`Timer`]);
+//! * timers: [`Loop::start_timer`], [`Loop::stop_timer`], [`Loop::restart_timer`],
+//!   [`Loop::update_now`] ([`Timer`]);
 //! * signals: [`Loop::start_signal`], [`Loop::stop_signal`] ([`Signal`]);
 //! * readiness: [`Loop::start_poll`], [`Loop::stop_poll`], [`Loop::detach`] ([`Interest`],
 //!   [`Readiness`]);
