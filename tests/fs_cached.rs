@@ -214,8 +214,10 @@ backend_tests! {
         let reader = lp.spawn(move || {
             let mut buf = [0u8; 4096];
             // Every read is served by the cache; the reader must still let the other fiber
-            // and the timer run before it is done.
-            for i in 0..2000u64 {
+            // and the timer run before it is done. It yields every 64 hits, and the
+            // scheduler runs a whole iteration (timers included) at the latest after 256
+            // resumptions: 64 × 256 hits, twice over.
+            for i in 0..(2 * 64 * 256 + 1000u64) {
                 let off = (i * 4096) % LEN as u64;
                 assert_eq!(f.read_at(&mut buf, off).unwrap(), 4096);
             }
