@@ -457,7 +457,7 @@ impl Epoll {
             // SAFETY: I2/I3 hold for `op` (our caller's promise); `attempt` never blocks: it
             // only reads blocking fds after readiness (`ready`) or with RWF_NOWAIT.
             match unsafe { syscalls::attempt(&op, class, ready, connecting) } {
-                Attempt::Done(r) if multishot && r >= 0 => self.report(id, r),
+                Attempt::Done(r) if multishot && op.goes_on_after(r) => self.report(id, r),
                 Attempt::Done(r) => {
                     self.finish(id, r);
                     return false;

@@ -43,6 +43,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+pub mod bufring;
 pub mod epoll;
 mod fdclass;
 mod slab;
@@ -50,6 +51,7 @@ mod sys;
 pub mod uring;
 mod waker;
 
+pub use bufring::BufRing;
 pub use fdclass::{note_close, FdClass};
 pub use slab::{OpId, OpSlab};
 pub use waker::Waker;
@@ -161,6 +163,24 @@ pub enum Op {
         /// `MSG_*` flags.
         flags: i32,
     },
+    /// Multishot `recv(2)` into buffers picked from a [`BufRing`]: one completion per received
+    /// chunk, with `more == true` and a result that packs the buffer id and the byte count
+    /// ([`bufring::unpack`]); that buffer belongs to the caller until it recycles it
+    /// ([`BufRing::recycle`]). The final completion never carries data: `0` at end of stream,
+    /// `-ENOBUFS` when the ring was empty when data arrived (the data stays in the socket:
+    /// recycle buffers and push again), `-ECANCELED`, or another `-errno`.
+    ///
+    /// On io_uring the ring must be registered ([`Driver::register_buf_ring`]); the kernel picks
+    /// the buffers (kernel 6.0). On epoll the driver receives into the ring's head buffer when the
+    /// socket is readable.
+    RecvMulti {
+        /// A socket.
+        fd: RawFd,
+        /// The buffers; the pointer must stay valid until the final completion (I2).
+        ring: *const BufRing,
+        /// `MSG_*` flags.
+        flags: i32,
+    },
     /// `recvmsg(2)`.
     RecvMsg {
         /// A socket.
@@ -228,6 +248,7 @@ impl Op {
             | Op::Readv { fd, .. }
             | Op::Writev { fd, .. }
             | Op::Recv { fd, .. }
+            | Op::RecvMulti { fd, .. }
             | Op::Send { fd, .. }
             | Op::RecvMsg { fd, .. }
             | Op::SendMsg { fd, .. }
@@ -248,8 +269,18 @@ impl Op {
             } | Op::Accept {
                 multishot: true,
                 ..
-            }
+            } | Op::RecvMulti { .. }
         )
+    }
+
+    /// Whether `result`, from this operation's syscall, is a report of a multishot operation
+    /// that goes on (rather than its end): any non-negative result, except end of stream (`0`)
+    /// for [`Op::RecvMulti`].
+    pub fn goes_on_after(&self, result: i32) -> bool {
+        match self {
+            Op::RecvMulti { .. } => result > 0,
+            _ => self.is_multishot() && result >= 0,
+        }
     }
 }
 
@@ -464,6 +495,35 @@ impl Driver {
             Driver::Uring(d) => unsafe { d.push(op, user_data) },
             // SAFETY: as above, for `Epoll::push`.
             Driver::Epoll(d) => unsafe { d.push(op, user_data) },
+        }
+    }
+
+    /// Makes `ring`'s buffers available to [`Op::RecvMulti`] on this driver: io_uring registers
+    /// it as a provided-buffer ring (`IORING_REGISTER_PBUF_RING`) under a new buffer group;
+    /// epoll needs nothing.
+    ///
+    /// # Safety
+    ///
+    /// `ring` must stay valid and unmoved until [`Driver::unregister_buf_ring`] or the driver's
+    /// drop, whichever comes first (I2).
+    ///
+    /// # Errors
+    ///
+    /// io_uring: the registration error (`EINVAL` before kernel 5.19, `ENOMEM`), or `EBUSY`
+    /// when the ring is already registered or 65,536 groups are in use.
+    pub unsafe fn register_buf_ring(&mut self, ring: &BufRing) -> io::Result<()> {
+        match self {
+            // SAFETY: forwarded from this function's contract.
+            Driver::Uring(d) => unsafe { d.register_buf_ring(ring) },
+            Driver::Epoll(_) => Ok(()),
+        }
+    }
+
+    /// Undoes [`Driver::register_buf_ring`]; a ring that is not registered is left alone. No
+    /// operation may use the ring any more (none in flight).
+    pub fn unregister_buf_ring(&mut self, ring: &BufRing) {
+        if let Driver::Uring(d) = self {
+            d.unregister_buf_ring(ring);
         }
     }
 

@@ -187,6 +187,9 @@ pub struct Uring {
     cqes: Vec<cqueue::Entry>,
     /// Reused list for `cancel_fd` and `shutdown`.
     scratch: Vec<OpId>,
+    /// Buffer groups given back by `unregister_buf_ring`, and the next never-used one.
+    free_groups: Vec<u16>,
+    next_group: u16,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -231,6 +234,8 @@ impl Uring {
             waker_armed,
             cqes: Vec::with_capacity(cq as usize),
             scratch: Vec::new(),
+            free_groups: Vec::new(),
+            next_group: 0,
             _not_send: PhantomData,
         };
         if !uring.waker_armed {
@@ -465,6 +470,61 @@ impl Uring {
             }
         }
         self.scratch = ids;
+    }
+
+    /// Registers `ring` as a provided-buffer ring under a new buffer group; see
+    /// [`Driver::register_buf_ring`](crate::Driver::register_buf_ring).
+    ///
+    /// # Safety
+    ///
+    /// `ring` stays valid and unmoved until [`Uring::unregister_buf_ring`] or the driver's drop
+    /// (I2).
+    ///
+    /// # Errors
+    ///
+    /// The registration error (`EINVAL` before kernel 5.19, `ENOMEM`), or `EBUSY` when `ring`
+    /// is registered already or every group (the last one is reserved) is in use.
+    pub unsafe fn register_buf_ring(&mut self, ring: &crate::BufRing) -> io::Result<()> {
+        if ring.group().is_some() {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        let group = match self.free_groups.pop() {
+            Some(g) => g,
+            None if self.next_group < u16::MAX => {
+                self.next_group += 1;
+                self.next_group - 1
+            }
+            None => return Err(io::Error::from_raw_os_error(libc::EBUSY)),
+        };
+        let (addr, entries) = ring.ring_addr();
+        // SAFETY: `addr` is the ring's page-aligned descriptor mapping of `entries` entries,
+        // valid until unregistered or the ring fd closes (this function's contract, I2).
+        let r = unsafe {
+            self.ring
+                .submitter()
+                .register_buf_ring_with_flags(addr, entries, group, 0)
+        };
+        match r {
+            Ok(()) => {
+                ring.set_group(Some(group));
+                Ok(())
+            }
+            Err(e) => {
+                self.free_groups.push(group);
+                Err(e)
+            }
+        }
+    }
+
+    /// Unregisters `ring` (nothing happens if it is not registered). No operation may use it.
+    pub fn unregister_buf_ring(&mut self, ring: &crate::BufRing) {
+        if let Some(group) = ring.group() {
+            // An error leaves the group registered: it is then never handed out again.
+            if self.ring.submitter().unregister_buf_ring(group).is_ok() {
+                self.free_groups.push(group);
+            }
+            ring.set_group(None);
+        }
     }
 
     /// Whether `op` is driven by poll + a syscall in user space (ttys; see the module docs).
@@ -773,6 +833,9 @@ impl Uring {
                 Action::Issue
             }
             Step::Native if st.pri_check => ops::pri_action(st, res, more),
+            Step::Native if matches!(st.op, Op::RecvMulti { .. }) => {
+                ops::recv_multi_action(st, res, flags, more)
+            }
             Step::Native if more => Action::Report(res),
             Step::Native => match ops::retry_step(&st.op, res) {
                 Some(step) if !st.cancelled => {
@@ -813,6 +876,19 @@ impl Uring {
             Action::Nothing => {}
             Action::Finish(result) => {
                 self.ops.remove(id);
+                out.push(Completion {
+                    user_data,
+                    result,
+                    more: false,
+                });
+            }
+            Action::ReportAndFinish(report, result) => {
+                self.ops.remove(id);
+                out.push(Completion {
+                    user_data,
+                    result: report,
+                    more: true,
+                });
                 out.push(Completion {
                     user_data,
                     result,
