@@ -4,8 +4,9 @@
 //! echo_fdloop [--addr 127.0.0.1:0] [--style callback|fiber] [--backend uring|epoll]
 //! ```
 //!
-//! * `callback`: completion I/O with owned buffers (`Loop::accept` / `recv` / `send`); one
-//!   16 KiB `Vec` per connection goes round recv → send → recv.
+//! * `callback`: one multishot accept, one multishot receive per connection into a pool of
+//!   64 × 16 KiB buffers shared by all connections (`Loop::accept_multishot` /
+//!   `recv_multishot`), and `Loop::send` from a per-connection `Vec` reused round after round.
 //! * `fiber`: one fiber per connection (`fdloop::net::TcpStream`, `Read` / `Write`), the
 //!   16 KiB buffer on the fiber's stack.
 //!
