@@ -398,6 +398,15 @@ pub struct Config {
     pub cq_entries: Option<u32>,
     /// Threads of the epoll driver's pool for regular-file operations.
     pub file_threads: usize,
+    /// io_uring batch wait (kernel 6.12, `IORING_FEAT_MIN_TIMEOUT`; ignored elsewhere and on
+    /// epoll): a `wait` that submits `n` operations and must block waits for `2n` completions
+    /// (or the first one, if none has come by then) for at most this long, before it returns
+    /// with what has arrived; never longer than its own timeout. A
+    /// request/response server then submits its responses and sleeps until the next request in
+    /// one `io_uring_enter` instead of two (the responses' own completions no longer end the
+    /// wait at once). The price: completions of the submitted operations are handed out up to
+    /// this much later when nothing else happens meanwhile. `None` (the default): off.
+    pub batch_wait: Option<Duration>,
 }
 
 impl Default for Config {
@@ -407,6 +416,7 @@ impl Default for Config {
             ring_entries: 256,
             cq_entries: None,
             file_threads: 4,
+            batch_wait: None,
         }
     }
 }

@@ -190,6 +190,8 @@ pub struct Uring {
     /// Buffer groups given back by `unregister_buf_ring`, and the next never-used one.
     free_groups: Vec<u16>,
     next_group: u16,
+    /// `Config::batch_wait` in µs where the kernel has `IORING_FEAT_MIN_TIMEOUT`, else 0.
+    batch_wait_us: u32,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -209,6 +211,12 @@ impl Uring {
         let (features, waker_armed) = setup::detect(&mut ring, wake.fd(), WAKER_UD);
         let sq = ring.params().sq_entries();
         let cq = ring.params().cq_entries();
+        let batch_wait_us = match config.batch_wait {
+            Some(d) if ring.params().is_feature_min_timeout() => {
+                u32::try_from(d.as_micros()).unwrap_or(u32::MAX).max(1)
+            }
+            _ => 0,
+        };
         let reason = format!(
             "io_uring available (setup flags {flags}, {sq} SQ / {cq} CQ entries; {})",
             features.describe()
@@ -236,6 +244,7 @@ impl Uring {
             scratch: Vec::new(),
             free_groups: Vec::new(),
             next_group: 0,
+            batch_wait_us,
             _not_send: PhantomData,
         };
         if !uring.waker_armed {
@@ -399,8 +408,23 @@ impl Uring {
                 }
             };
             let mut stop = min_complete == 0;
-            if let Err(e) = self.enter(min_complete, block_for, submit) {
+            // Not when the wait must end sooner than the batch wait (a timer): the kernel would
+            // sleep for the whole minimum.
+            let batch = min_complete == 1
+                && submit
+                && self.batch_wait_us > 0
+                && !self.ring.submission().is_empty()
+                && block_for.is_none_or(|d| d.as_micros() > u128::from(self.batch_wait_us));
+            let r = if batch {
+                self.enter_batch(block_for)
+            } else {
+                self.enter(min_complete, block_for, submit)
+            };
+            if let Err(e) = r {
                 match e.raw_os_error() {
+                    // A batch wait's minimum time ended with nothing to show: wait on normally
+                    // (the SQ was submitted).
+                    Some(libc::ETIME) if batch => submit = true,
                     Some(libc::ETIME | libc::EINTR) => stop = true,
                     // The kernel could not take the SQEs (or flush an overflow) now: reap, then
                     // wait without submitting; the SQEs stay queued for the next wait.
@@ -769,6 +793,32 @@ impl Uring {
             self.ring
                 .submitter()
                 .enter(to_submit, min_complete, flags, Some(&args))
+        }
+    }
+
+    /// The batch wait (see `Config::batch_wait`): submits the SQ and waits for twice as many
+    /// completions as it submitted (request/response: each response sent is likely answered
+    /// by a new request), for at most `batch_wait_us`; then returns with what has arrived, or
+    /// waits for the first one up to `timeout`.
+    fn enter_batch(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        let to_submit = self.ring.submission().len() as u32;
+        // The minimum wait applies only with a general timeout (without one, the kernel treats
+        // the minimum as the timeout): an hour stands for "none" (an ETIME then waits on).
+        let d = timeout.unwrap_or(Duration::from_secs(3600));
+        let ts = Timespec::new()
+            .sec(d.as_secs().min(i64::MAX as u64 / 2))
+            .nsec(d.subsec_nanos());
+        let args = SubmitArgs::new()
+            .timespec(&ts)
+            .min_wait_usec(self.batch_wait_us);
+        let flags = (EnterFlags::GETEVENTS | EnterFlags::EXT_ARG).bits();
+        // SAFETY: as in `enter`: `args` is a valid `io_uring_getevents_arg` whose timespec
+        // outlives the call; the SQEs point to memory kept valid until their operations' final
+        // CQEs (I2, I3).
+        unsafe {
+            self.ring
+                .submitter()
+                .enter(to_submit, to_submit.saturating_mul(2), flags, Some(&args))
         }
     }
 

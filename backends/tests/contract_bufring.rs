@@ -161,3 +161,58 @@ fn recv_multi_on_a_pipe_is_an_error(b: Backend) {
     assert_errno(h.run_until_final(t), libc::ENOTSOCK, "recv on a pipe");
     h.driver.unregister_buf_ring(&ring);
 }
+
+// =============================================================================================
+// Batch wait (Config::batch_wait; io_uring on Linux 6.12, ignored elsewhere)
+// =============================================================================================
+
+both_backends!(
+    batch_wait_hands_out_a_lone_completion,
+    batch_wait_does_not_end_a_wait_without_a_completion,
+);
+
+fn batch_harness(b: Backend) -> Harness {
+    let mut config = b.config();
+    config.batch_wait = Some(ms(2));
+    b.harness_with(config)
+}
+
+fn batch_wait_hands_out_a_lone_completion(b: Backend) {
+    // A Nop completes at once; nothing else comes: the wait still returns it (after at most
+    // the batch wait).
+    let mut h = batch_harness(b);
+    for _ in 0..3 {
+        // SAFETY: Nop references no memory and no fd.
+        let t = unsafe { h.push(Op::Nop) };
+        assert_eq!(h.run_until_final(t), 0);
+    }
+}
+
+fn batch_wait_does_not_end_a_wait_without_a_completion(b: Backend) {
+    // A receive with no data, submitted by a blocking wait: the minimum wait passes with
+    // nothing to show, and the wait goes on until the data comes.
+    let (a, mut c) = UnixStream::pair().unwrap();
+    let mut buf = [0u8; 8];
+    let mut h = batch_harness(b);
+    // SAFETY: `buf` and the socket outlive the operation (run to its end below).
+    let t = unsafe {
+        h.push(Op::Recv {
+            fd: a.as_raw_fd(),
+            buf: buf.as_mut_ptr(),
+            len: 8,
+            flags: 0,
+        })
+    };
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(ms(30));
+        c.write_all(b"late").unwrap();
+        c
+    });
+    let out = h.wait_once(None);
+    assert!(
+        out.iter().any(|c| c.user_data == t.ud),
+        "the wait ended without the receive: {out:?}"
+    );
+    assert_eq!(h.final_of(t), Some(4));
+    drop(writer.join().unwrap());
+}
