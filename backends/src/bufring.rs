@@ -5,7 +5,7 @@
 //! layout of io_uring's provided-buffer rings (`IORING_REGISTER_PBUF_RING`, kernel 5.19). The
 //! owner adds buffers at the tail ([`BufRing::recycle`]); the consumer takes them at the head:
 //! the kernel on io_uring (after [`Driver::register_buf_ring`](crate::Driver::register_buf_ring)),
-//! the driver itself on epoll ([`recv_into`]), one buffer per received chunk. A buffer handed
+//! the driver itself on epoll, one buffer per received chunk. A buffer handed
 //! out by a completion belongs to the caller until it recycles it.
 //!
 //! A completion of `RecvMulti` with data packs the buffer id and the byte count in its `result`
@@ -198,7 +198,7 @@ impl BufRing {
     ///
     /// # Safety
     ///
-    /// `bid` was handed out by a completion (or [`recv_into`]) and not recycled since: a buffer
+    /// `bid` was handed out by a completion and not recycled since: a buffer
     /// in the ring twice could be filled twice at once.
     pub unsafe fn recycle(&self, bid: u16) {
         debug_assert!(bid < self.count);

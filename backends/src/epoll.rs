@@ -21,6 +21,9 @@
 //!   `Send`/`SendMsg` also get `MSG_NOSIGNAL`. `Connect` waits for `OUT` after `EINPROGRESS` and
 //!   completes with `SO_ERROR`. A read (or write) pushed while an older one waits on the same
 //!   fd queues behind it, so that they complete in the order they were pushed.
+//! * **Multishot receive** (`RecvMulti`): when the socket is readable, the driver receives into
+//!   the buffer at the head of the operation's [`BufRing`](crate::BufRing) (`bufring.rs`) and
+//!   reports it; an empty ring ends the operation with `-ENOBUFS`, end of stream with `0`.
 //! * **Blocking fds** (no `O_NONBLOCK`) must not block the loop thread (I5): a read on a blocking
 //!   pipe or tty waits for `IN`, then reads with `preadv2(RWF_NOWAIT)` where the kernel supports
 //!   it, else with a plain read, once per readiness report. An accept on a blocking listener

@@ -34,6 +34,18 @@
 //!   that asks for the peer address (the kernel's multishot accept cannot fill one). That one
 //!   is re-armed by the next `wait`, after `*addrlen` is reset to its value at `push`: the
 //!   address of a reported connection stays readable until the caller waits again.
+//! * **Buffer rings.** [`Uring::register_buf_ring`] registers a [`BufRing`](crate::BufRing) as
+//!   a provided-buffer ring (`IORING_REGISTER_PBUF_RING`) under a buffer group of its own.
+//!   [`Op::RecvMulti`] is a multishot `RECV` with `BUFFER_SELECT` on that group: each CQE with
+//!   data is reported with `more == true` and its buffer id packed into the result. Data never
+//!   rides on the final completion: a CQE with data but without `F_MORE` is reported and the
+//!   request re-armed (or, when cancelled, followed by a final `-ECANCELED`). End of stream is
+//!   a final `0` (a buffer picked for it goes straight back to the ring); an empty ring ends
+//!   the request with `-ENOBUFS`, the data staying in the socket for the caller's next push.
+//! * **Batch wait** (`Config::batch_wait`, `IORING_FEAT_MIN_TIMEOUT`): a blocking wait that
+//!   submits `n` SQEs asks for `2n` CQEs with `min_wait_usec`, so that a request/response loop
+//!   submits and sleeps until the next requests in one enter. Not used when the wait must end
+//!   sooner than the minimum (timers stay on time); an `-ETIME` with nothing reaped waits on.
 //! * **Retries.** `-EINTR` re-issues the operation. `-EAGAIN` (an `O_NONBLOCK` fd, unless the
 //!   caller passed `MSG_DONTWAIT`) arms an internal one-shot `POLL_ADD` in the operation's
 //!   direction under the same `user_data`, and re-issues the operation when it fires. A connect
