@@ -313,3 +313,34 @@ backend_tests! {
 /// `BufPool` is usable from the crate root.
 #[allow(dead_code)]
 fn pool_type_is_public(_: BufPool) {}
+
+backend_tests! {
+    fn a_panicking_callback_stops_its_multishot_receive(lp: &Loop) {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let pool = lp.buffer_pool(2, 8).unwrap();
+        let calls = Rc::new(Cell::new(0));
+        let c = calls.clone();
+        lp.recv_multishot(&a, &pool, move |_, _| {
+            c.set(c.get() + 1);
+            panic!("boom");
+        })
+        .unwrap();
+        b.write_all(b"first").unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for _ in 0..2000 {
+                lp.run_for(Duration::from_millis(5)).unwrap();
+            }
+        }));
+        assert!(r.is_err(), "the panic reaches run()");
+        // The operation is stopped: later data never reaches the callback, no final call is
+        // made, the loop ends, and the pool's buffers are all back (a new receive gets data).
+        b.write_all(b"second").unwrap();
+        lp.run().unwrap();
+        assert_eq!(calls.get(), 1);
+        let seen = Rc::new(RefCell::new(Seen::default()));
+        lp.recv_multishot(&a, &pool, recorder(&seen)).unwrap();
+        drop(b);
+        run_until(lp, || !seen.borrow().finals.is_empty());
+        assert!(seen.borrow().finals[0].is_ok());
+    }
+}
