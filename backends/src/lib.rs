@@ -170,9 +170,9 @@ pub enum Op {
     /// `-ENOBUFS` when the ring was empty when data arrived (the data stays in the socket:
     /// recycle buffers and push again), `-ECANCELED`, or another `-errno`.
     ///
-    /// On io_uring the ring must be registered ([`Driver::register_buf_ring`]); the kernel picks
-    /// the buffers (kernel 6.0). On epoll the driver receives into the ring's head buffer when the
-    /// socket is readable.
+    /// The ring must have been given to [`Driver::register_buf_ring`]. On io_uring the kernel
+    /// picks the buffers (Linux 6.0; before, the driver polls and receives in user space). On
+    /// epoll the driver receives into the ring's head buffer when the socket is readable.
     RecvMulti {
         /// A socket.
         fd: RawFd,
@@ -509,8 +509,9 @@ impl Driver {
     }
 
     /// Makes `ring`'s buffers available to [`Op::RecvMulti`] on this driver: io_uring registers
-    /// it as a provided-buffer ring (`IORING_REGISTER_PBUF_RING`) under a new buffer group;
-    /// epoll needs nothing.
+    /// it as a provided-buffer ring (`IORING_REGISTER_PBUF_RING`) under a new buffer group
+    /// where the kernel has multishot receive (6.0); epoll, and io_uring before 6.0 (which
+    /// receives in user space), need nothing.
     ///
     /// # Safety
     ///
@@ -519,8 +520,8 @@ impl Driver {
     ///
     /// # Errors
     ///
-    /// io_uring: the registration error (`EINVAL` before kernel 5.19, `ENOMEM`), or `EBUSY`
-    /// when the ring is already registered or 65,536 groups are in use.
+    /// io_uring: the registration error (`ENOMEM`), or `EBUSY` when the ring is already
+    /// registered or 65,535 groups are in use.
     pub unsafe fn register_buf_ring(&mut self, ring: &BufRing) -> io::Result<()> {
         match self {
             // SAFETY: forwarded from this function's contract.

@@ -42,6 +42,9 @@
 //!   request re-armed (or, when cancelled, followed by a final `-ECANCELED`). End of stream is
 //!   a final `0` (a buffer picked for it goes straight back to the ring); an empty ring ends
 //!   the request with `-ENOBUFS`, the data staying in the socket for the caller's next push.
+//!   Before Linux 6.0 (no multishot receive, detected at setup) the ring is not registered:
+//!   `RecvMulti` is a one-shot `POLL_ADD` re-armed after each report, and the driver receives
+//!   into the ring's head buffer in user space, as the epoll driver does.
 //! * **Batch wait** (`Config::batch_wait`, `IORING_FEAT_MIN_TIMEOUT`): a blocking wait that
 //!   submits `n` SQEs asks for `2n` CQEs with `min_wait_usec`, so that a request/response loop
 //!   submits and sleeps until the next requests in one enter. Not used when the wait must end
@@ -131,8 +134,8 @@ const CANCEL_UD: u64 = u64::MAX;
 /// `user_data` of the waker's poll.
 const WAKER_UD: u64 = u64::MAX - 1;
 /// The lowest reserved `user_data` (see also `setup::PROBE_*_UD`). An `OpId` packs a slab index
-/// in the low 32 bits; the slab never holds `u32::MAX - 3` entries, so ids stay below.
-const RESERVED_MIN: u64 = u64::MAX - 3;
+/// in the low 32 bits; the slab never holds `u32::MAX - 4` entries, so ids stay below.
+const RESERVED_MIN: u64 = u64::MAX - 4;
 
 /// How often `shutdown` re-sends cancels while nothing completes.
 const SHUTDOWN_TICK: Duration = Duration::from_millis(100);
@@ -281,7 +284,8 @@ impl Uring {
     /// transferred to the driver.
     pub unsafe fn push(&mut self, op: Op, user_data: u64) -> OpId {
         let mut st = OpState::new(op, user_data);
-        st.tty = self.driven_by_poll(&op);
+        st.tty = self.driven_by_poll(&op)
+            || (matches!(op, Op::RecvMulti { .. }) && !self.features.multishot_recv);
         if st.tty {
             st.step = Step::Poll;
         }
@@ -518,11 +522,16 @@ impl Uring {
     ///
     /// # Errors
     ///
-    /// The registration error (`EINVAL` before kernel 5.19, `ENOMEM`), or `EBUSY` when `ring`
-    /// is registered already or every group (the last one is reserved) is in use.
+    /// The registration error (`ENOMEM`), or `EBUSY` when `ring` is registered already or
+    /// every group (the last one is reserved) is in use. Without multishot receive (before
+    /// Linux 6.0) nothing is registered: the driver consumes the ring in user space.
     pub unsafe fn register_buf_ring(&mut self, ring: &crate::BufRing) -> io::Result<()> {
         if ring.group().is_some() {
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        if !self.features.multishot_recv {
+            // Without multishot receive the driver consumes the ring in user space.
+            return Ok(());
         }
         let group = match self.free_groups.pop() {
             Some(g) => g,
@@ -876,6 +885,18 @@ impl Uring {
         let action = match st.step {
             Step::Poll if st.cancelled => Action::Finish(-libc::ECANCELED),
             Step::Poll if res < 0 => Action::Finish(res),
+            Step::Poll if st.tty && matches!(st.op, Op::RecvMulti { .. }) => {
+                let Op::RecvMulti { fd, ring, flags } = st.op else {
+                    unreachable!()
+                };
+                // SAFETY: the ring stays valid until the final completion and is not registered
+                // (the kernel lacks multishot receive), and the fd is open (I2, I3).
+                match unsafe { crate::bufring::recv_into(ring, fd, flags | libc::MSG_DONTWAIT) } {
+                    r if r > 0 => Action::ReportAndRearm(r),
+                    r if r == -libc::EAGAIN || r == -libc::EINTR => Action::Issue,
+                    r => Action::Finish(r),
+                }
+            }
             Step::Poll if st.tty || matches!(st.op, Op::Connect { .. }) => {
                 // SAFETY: the operation is in `self.ops`, so its buffers are valid and its fd
                 // open (I2, I3).

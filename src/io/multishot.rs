@@ -254,7 +254,7 @@ impl Loop {
     ///
     /// * `InvalidInput`: `count` not in `1..=16384` or `size` not in `1..=65536`;
     /// * `ENOMEM` when the memory cannot be mapped;
-    /// * io_uring: the kernel's registration error (`EINVAL` before Linux 5.19).
+    /// * io_uring: the kernel's registration error (`ENOMEM` when locked memory runs out).
     pub fn buffer_pool(&self, count: usize, size: usize) -> io::Result<BufPool> {
         let bad = || {
             io::Error::new(
@@ -291,7 +291,8 @@ impl Loop {
     /// the callback is dropped. Chunks arrive in order, each at most
     /// [`BufPool::buf_size`] bytes.
     ///
-    /// On io_uring this is one multishot `RECV` with buffer selection: no submission per chunk.
+    /// On io_uring this is one multishot `RECV` with buffer selection: no submission per chunk
+    /// (Linux 6.0; before, a poll re-armed per chunk and a `recv` by the loop, as on epoll).
     /// When the pool runs dry the kernel ends the request (`ENOBUFS`) and the loop re-arms it
     /// as soon as buffers are back (at the latest when the current callbacks have returned): no
     /// data is lost and the callback does not see it. On epoll the loop's driver receives into
