@@ -7,7 +7,7 @@
 //!
 //! `--batch-wait-us`: the io_uring batch wait (`LoopBuilder::batch_wait`; Linux 6.12, ignored
 //! elsewhere): after submitting its responses the loop sleeps until the next request in the
-//! same `io_uring_enter`, waiting at most this long for it. Default 50 for `callback`, 0 (off) for `fiber`.
+//! same `io_uring_enter`, waiting at most this long for it. Default 0 (off); 50 suits the callback server.
 //!
 //! * `callback`: one multishot accept, one multishot receive per connection into a pool of
 //!   64 × 16 KiB buffers shared by all connections (`Loop::accept_multishot` /
@@ -28,11 +28,11 @@ fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let addr: String = args.get("addr", "127.0.0.1:0".to_string());
     let style: String = args.get("style", "callback".to_string());
-    // The batch wait suits the callback server, whose responses need nothing after their
-    // send; a fiber waits for its send before it reads again, so it would lose up to the batch
-    // wait per round trip.
-    let batch_default = if style == "callback" { 50 } else { 0 };
-    let batch_us: u64 = args.get("batch-wait-us", batch_default);
+    // Off by default: it halves io_uring_enter calls but costs CPU (a timer per wait) and
+    // latency (docs/callbacks.md, "Batch wait"). It suits the callback server, whose responses need
+    // nothing after their send; a fiber waits for its send before it reads again, so it would
+    // lose up to the batch wait per round trip.
+    let batch_us: u64 = args.get("batch-wait-us", 0);
     let lp = Loop::builder()
         .backend(backend_arg(&args))
         .batch_wait(Duration::from_micros(batch_us))
