@@ -1,6 +1,7 @@
 //! [`LoopBuilder`]: backend choice, ring size and pool sizes.
 
 use std::io;
+use std::time::Duration;
 
 use fdloop_backends::{BackendChoice, BackendInfo, Config, Driver, BACKEND_ENV};
 
@@ -77,6 +78,21 @@ impl LoopBuilder {
     /// where file I/O is asynchronous in the kernel).
     pub fn file_threads(mut self, threads: usize) -> LoopBuilder {
         self.config.file_threads = threads.max(1);
+        self
+    }
+
+    /// io_uring batch wait (Linux 6.12; ignored on older kernels and on epoll; default off).
+    /// When an iteration has submitted `n` operations and then has to block, the loop waits
+    /// for `2n` completions (each response sent likely brings a new request), for at most
+    /// `max`, and then for the first one as usual: a request/response server
+    /// submits its responses and sleeps until the next request in one `io_uring_enter` instead
+    /// of two, because the responses' own completions no longer end the wait at once. The
+    /// price is latency: those completions reach their callbacks up to `max` later when
+    /// nothing else happens meanwhile (a program that waits for a send before its next step
+    /// loses up to `max` per step). Timers still fire on time. Values of tens of microseconds
+    /// suit request/response servers; `Duration::ZERO` turns it off.
+    pub fn batch_wait(mut self, max: Duration) -> LoopBuilder {
+        self.config.batch_wait = (!max.is_zero()).then_some(max);
         self
     }
 

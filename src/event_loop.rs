@@ -72,6 +72,8 @@ pub(crate) enum OpKind {
     Io(Box<dyn Pending>),
     /// An operation a fiber waits for (its memory is kept valid by the fiber's guard).
     Fiber(OpId),
+    /// A multishot operation with its callback (see `io/multishot.rs`).
+    Multi(crate::io::Multi),
 }
 
 /// A driver operation the loop pushed.
@@ -406,6 +408,14 @@ impl Loop {
         let key = OpId::from_u64(c.user_data);
         let kind = {
             let mut ops = self.inner.ops.borrow_mut();
+            if let Some(OpEntry {
+                kind: OpKind::Multi(_),
+                ..
+            }) = ops.get(key)
+            {
+                drop(ops);
+                return self.multi_completed(key, c);
+            }
             if c.more {
                 match ops.get(key) {
                     Some(OpEntry {
@@ -425,6 +435,7 @@ impl Loop {
                 self.call_user(|| pending.complete(self, c.result));
             }
             Some(OpKind::Fiber(fiber)) => self.fiber_op_completed(fiber, c.result),
+            Some(OpKind::Multi(_)) => {}
         }
     }
 
@@ -508,11 +519,22 @@ impl Loop {
 
     /// Asks the driver to cancel the loop operation `key`; its completion still arrives.
     pub(crate) fn cancel_op(&self, key: OpId) -> bool {
-        let driver_id = match self.inner.ops.borrow().get(key) {
-            Some(e) => e.driver_id,
+        let (driver_id, multi) = match self.inner.ops.borrow_mut().get_mut(key) {
+            Some(e) => {
+                // A multishot operation may be between two kernel requests (its final
+                // completion on the way back, to be re-armed): the flag stops the re-arm.
+                let multi = match &mut e.kind {
+                    OpKind::Multi(m) => {
+                        m.cancelled = true;
+                        true
+                    }
+                    _ => false,
+                };
+                (e.driver_id, multi)
+            }
             None => return false,
         };
-        self.inner.driver.borrow_mut().cancel(driver_id)
+        self.inner.driver.borrow_mut().cancel(driver_id) || multi
     }
 }
 
@@ -546,16 +568,35 @@ impl Loop {
         inner.driver.borrow_mut().shutdown(&mut finals);
         let leftover: Vec<Completion> = inner.leftover.borrow_mut().drain(..).collect();
         for c in leftover.into_iter().chain(finals) {
+            let key = OpId::from_u64(c.user_data);
             if c.more {
+                // A multishot report: free what it carries (a buffer, an accepted fd).
+                if let Some(OpEntry {
+                    kind: OpKind::Multi(m),
+                    ..
+                }) = inner.ops.borrow_mut().get_mut(key)
+                {
+                    if let Some(p) = m.pending.as_mut() {
+                        p.discard_report(c.result);
+                    }
+                }
                 continue;
             }
-            let entry = inner.ops.borrow_mut().remove(OpId::from_u64(c.user_data));
-            if let Some(OpEntry {
-                kind: OpKind::Io(pending),
-                ..
-            }) = entry
-            {
-                pending.discard(c.result);
+            let entry = inner.ops.borrow_mut().remove(key);
+            match entry {
+                Some(OpEntry {
+                    kind: OpKind::Io(pending),
+                    ..
+                }) => pending.discard(c.result),
+                Some(OpEntry {
+                    kind:
+                        OpKind::Multi(crate::io::Multi {
+                            pending: Some(pending),
+                            ..
+                        }),
+                    ..
+                }) => pending.discard(c.result),
+                _ => {}
             }
         }
         // Anything still recorded never reached the kernel's completion path; drop it.

@@ -25,6 +25,11 @@ use crate::event_loop::OpKind;
 use crate::sys::{result, sockaddr_from, sockaddr_to};
 use crate::Loop;
 
+mod multishot;
+
+pub use multishot::BufPool;
+pub(crate) use multishot::Multi;
+
 /// The largest transfer one operation asks for (the kernel's own per-call limit).
 const MAX_LEN: usize = 0x7fff_f000;
 
@@ -40,8 +45,8 @@ pub(crate) trait Pending {
 /// Identifies an I/O operation in flight, for [`Loop::cancel`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IoId {
-    serial: u32,
-    key: OpId,
+    pub(crate) serial: u32,
+    pub(crate) key: OpId,
 }
 
 impl fmt::Debug for IoId {

@@ -97,7 +97,7 @@ pub use descriptor::Descriptor;
 pub use event_loop::Loop;
 pub use fdloop_backends::{BackendChoice, BackendInfo, BackendKind};
 pub use handle::LoopHandle;
-pub use io::IoId;
+pub use io::{BufPool, IoId};
 pub use pipe::{pipe, PipeReader, PipeWriter};
 pub use poll::{Interest, Readiness};
 pub use pool::QUEUE_CAPACITY;

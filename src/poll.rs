@@ -355,6 +355,8 @@ impl Loop {
         if let Some(reg_id) = reg {
             self.remove_registration(reg_id);
         }
+        // Multishot operations on the fd are not re-armed any more.
+        self.cancel_multishot_on(fd);
         // Also makes the driver forget what it cached about the fd (kind, epoll registration),
         // so the number can be reused safely once the owner closes it.
         self.inner.driver.borrow_mut().cancel_fd(fd);

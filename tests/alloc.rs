@@ -1,5 +1,5 @@
-//! Invariant I6: the hot paths do not allocate in steady state. Poll dispatch and timer fire are
-//! measured with a counting global allocator over 10,000 loop iterations after a warm-up, on
+//! Invariant I6: the hot paths do not allocate in steady state. Poll dispatch, timer fire and
+//! multishot receive (per chunk) are measured with a counting global allocator over 10,000 loop iterations after a warm-up, on
 //! both backends; completion I/O is measured and reported (today one `Box` per operation, for
 //! its callback) but not asserted.
 //!
@@ -322,12 +322,70 @@ fn completion_io(name: &str, lp: &Loop) {
     std::fs::remove_file(&path).unwrap();
 }
 
+/// Multishot receive into a buffer pool: a chunk written by the test thread, received and
+/// handed to the callback, its buffer recycled. No allocation per chunk (I6).
+fn multishot_recv(name: &str, lp: &Loop) {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let pool = lp.buffer_pool(4, 64).unwrap();
+    let bytes = Rc::new(Cell::new(0u64));
+    let chunks = Rc::new(Cell::new(0u64));
+    let finals = Rc::new(Cell::new(0u64));
+    let (by, ch, fi) = (bytes.clone(), chunks.clone(), finals.clone());
+    let id = lp
+        .recv_multishot(&a, &pool, move |lp, r| {
+            match r {
+                Ok(c) if !c.is_empty() => {
+                    by.set(by.get() + c.len() as u64);
+                    ch.set(ch.get() + 1);
+                }
+                _ => fi.set(fi.get() + 1),
+            }
+            lp.stop();
+        })
+        .unwrap();
+    let fd = b.as_raw_fd();
+    let one = || {
+        let want = bytes.get() + 8;
+        // SAFETY: an 8-byte live buffer; `fd` is open (owned by `b`).
+        let w = unsafe { libc::write(fd, [1u8; 8].as_ptr().cast(), 8) };
+        assert_eq!(w, 8);
+        while bytes.get() < want && finals.get() == 0 {
+            lp.run_for(LIMIT).unwrap();
+        }
+    };
+    for _ in 0..WARM_UP {
+        one();
+    }
+    let before = chunks.get();
+    let counts = measure(true, || {
+        for _ in 0..ITERATIONS {
+            one();
+        }
+    });
+    let measured = chunks.get() - before;
+    println!(
+        "multishot recv {name}: {ITERATIONS} writes, {measured} chunks, \
+         {} allocations on the loop thread ({} on all threads)",
+        counts.thread, counts.all
+    );
+    assert_eq!(finals.get(), 0, "the multishot receive ended");
+    assert!(measured >= 1);
+    assert_eq!(
+        counts.thread, 0,
+        "multishot recv allocated on {name} (backtraces above)"
+    );
+    lp.cancel(id).unwrap();
+    lp.run().unwrap();
+    assert_eq!(finals.get(), 1);
+}
+
 #[test]
 fn hot_paths_do_not_allocate_in_steady_state() {
     for (name, lp) in backends() {
         poll_dispatch(name, &lp);
         timer_fire(name, &lp);
         completion_io(name, &lp);
+        multishot_recv(name, &lp);
         lp.close().unwrap();
     }
 }

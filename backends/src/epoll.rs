@@ -38,6 +38,9 @@
 //!   completes with `SO_ERROR`. A read (or write) pushed while an older one waits on the same
 //!   fd queues behind it, so that they complete in the order they were pushed. A read of
 //!   nothing (`Read`/`Readv` of 0 bytes) is a plain `read(2)`/`readv(2)`, which answers at once.
+//! * **Multishot receive** (`RecvMulti`): when the socket is readable, the driver receives into
+//!   the buffer at the head of the operation's [`BufRing`](crate::BufRing) (`bufring.rs`) and
+//!   reports it; an empty ring ends the operation with `-ENOBUFS`, end of stream with `0`.
 //! * **Blocking fds** (no `O_NONBLOCK`) must not block the loop thread (I5): a read on a blocking
 //!   pipe or tty waits for `IN`, then reads with `preadv2(RWF_NOWAIT)` where the kernel supports
 //!   it, else with a plain read, once per readiness report. An accept on a blocking socket
@@ -634,7 +637,16 @@ impl Epoll {
                 self.fresh_number(new_fd);
             }
             match attempt {
-                Attempt::Done(r) if multishot && r >= 0 => self.report(id, r),
+                Attempt::Done(r) if multishot && op.goes_on_after(r) => {
+                    self.report(id, r);
+                    // A short receive drained the socket: wait for the next edge rather than
+                    // try a receive that would say EAGAIN.
+                    let dir = syscalls::direction(&op);
+                    let fd = op.fd().unwrap_or(-1);
+                    if dir != 0 && self.fds.get_mut(fd).is_some_and(|e| e.ready & dir == 0) {
+                        return true;
+                    }
+                }
                 Attempt::Done(r) => {
                     self.finish(id, r);
                     return false;
@@ -668,7 +680,12 @@ impl Epoll {
             Attempt::Again => {
                 entry.ready &= !syscalls::direction(op);
             }
-            Attempt::Done(n) if n > 0 && entry.short_read_drains => {
+            Attempt::Done(r) if r > 0 && entry.short_read_drains => {
+                // A multishot receive packs the buffer id with the byte count.
+                let n = match op {
+                    Op::RecvMulti { .. } => crate::bufring::unpack(r).1 as i32,
+                    _ => r,
+                };
                 // SAFETY: I2 for `op` (our caller's promise).
                 if let Some((bits, asked)) = unsafe { syscalls::stream_transfer(op) } {
                     if (n as usize) < asked {

@@ -43,6 +43,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+pub mod bufring;
 pub mod epoll;
 mod fdclass;
 mod slab;
@@ -50,6 +51,7 @@ mod sys;
 pub mod uring;
 mod waker;
 
+pub use bufring::BufRing;
 pub use fdclass::{note_close, FdClass};
 pub use slab::{OpId, OpSlab};
 pub use waker::Waker;
@@ -161,6 +163,24 @@ pub enum Op {
         /// `MSG_*` flags.
         flags: i32,
     },
+    /// Multishot `recv(2)` into buffers picked from a [`BufRing`]: one completion per received
+    /// chunk, with `more == true` and a result that packs the buffer id and the byte count
+    /// ([`bufring::unpack`]); that buffer belongs to the caller until it recycles it
+    /// ([`BufRing::recycle`]). The final completion never carries data: `0` at end of stream,
+    /// `-ENOBUFS` when the ring was empty when data arrived (the data stays in the socket:
+    /// recycle buffers and push again), `-ECANCELED`, or another `-errno`.
+    ///
+    /// The ring must have been given to [`Driver::register_buf_ring`]. On io_uring the kernel
+    /// picks the buffers (Linux 6.0; before, the driver polls and receives in user space). On
+    /// epoll the driver receives into the ring's head buffer when the socket is readable.
+    RecvMulti {
+        /// A socket.
+        fd: RawFd,
+        /// The buffers; the pointer must stay valid until the final completion (I2).
+        ring: *const BufRing,
+        /// `MSG_*` flags.
+        flags: i32,
+    },
     /// `recvmsg(2)`.
     RecvMsg {
         /// A socket.
@@ -228,6 +248,7 @@ impl Op {
             | Op::Readv { fd, .. }
             | Op::Writev { fd, .. }
             | Op::Recv { fd, .. }
+            | Op::RecvMulti { fd, .. }
             | Op::Send { fd, .. }
             | Op::RecvMsg { fd, .. }
             | Op::SendMsg { fd, .. }
@@ -248,8 +269,18 @@ impl Op {
             } | Op::Accept {
                 multishot: true,
                 ..
-            }
+            } | Op::RecvMulti { .. }
         )
+    }
+
+    /// Whether `result`, from this operation's syscall, is a report of a multishot operation
+    /// that goes on (rather than its end): any non-negative result, except end of stream (`0`)
+    /// for [`Op::RecvMulti`].
+    pub fn goes_on_after(&self, result: i32) -> bool {
+        match self {
+            Op::RecvMulti { .. } => result > 0,
+            _ => self.is_multishot() && result >= 0,
+        }
     }
 }
 
@@ -367,6 +398,15 @@ pub struct Config {
     pub cq_entries: Option<u32>,
     /// Threads of the epoll driver's pool for regular-file operations.
     pub file_threads: usize,
+    /// io_uring batch wait (kernel 6.12, `IORING_FEAT_MIN_TIMEOUT`; ignored elsewhere and on
+    /// epoll): a `wait` that submits `n` operations and must block waits for `2n` completions
+    /// (or the first one, if none has come by then) for at most this long, before it returns
+    /// with what has arrived; never longer than its own timeout. A
+    /// request/response server then submits its responses and sleeps until the next request in
+    /// one `io_uring_enter` instead of two (the responses' own completions no longer end the
+    /// wait at once). The price: completions of the submitted operations are handed out up to
+    /// this much later when nothing else happens meanwhile. `None` (the default): off.
+    pub batch_wait: Option<Duration>,
 }
 
 impl Default for Config {
@@ -376,6 +416,7 @@ impl Default for Config {
             ring_entries: 256,
             cq_entries: None,
             file_threads: 4,
+            batch_wait: None,
         }
     }
 }
@@ -464,6 +505,36 @@ impl Driver {
             Driver::Uring(d) => unsafe { d.push(op, user_data) },
             // SAFETY: as above, for `Epoll::push`.
             Driver::Epoll(d) => unsafe { d.push(op, user_data) },
+        }
+    }
+
+    /// Makes `ring`'s buffers available to [`Op::RecvMulti`] on this driver: io_uring registers
+    /// it as a provided-buffer ring (`IORING_REGISTER_PBUF_RING`) under a new buffer group
+    /// where the kernel has multishot receive (6.0); epoll, and io_uring before 6.0 (which
+    /// receives in user space), need nothing.
+    ///
+    /// # Safety
+    ///
+    /// `ring` must stay valid and unmoved until [`Driver::unregister_buf_ring`] or the driver's
+    /// drop, whichever comes first (I2).
+    ///
+    /// # Errors
+    ///
+    /// io_uring: the registration error (`ENOMEM`), or `EBUSY` when the ring is already
+    /// registered or 65,535 groups are in use.
+    pub unsafe fn register_buf_ring(&mut self, ring: &BufRing) -> io::Result<()> {
+        match self {
+            // SAFETY: forwarded from this function's contract.
+            Driver::Uring(d) => unsafe { d.register_buf_ring(ring) },
+            Driver::Epoll(_) => Ok(()),
+        }
+    }
+
+    /// Undoes [`Driver::register_buf_ring`]; a ring that is not registered is left alone. No
+    /// operation may use the ring any more (none in flight).
+    pub fn unregister_buf_ring(&mut self, ring: &BufRing) {
+        if let Driver::Uring(d) = self {
+            d.unregister_buf_ring(ring);
         }
     }
 

@@ -153,6 +153,22 @@ impl<T> OpSlab<T> {
             })
         })
     }
+
+    /// Iterates over occupied slots, mutably.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (OpId, &mut T)> {
+        self.slots.iter_mut().enumerate().filter_map(|(i, s)| {
+            let generation = s.generation;
+            s.value.as_mut().map(|v| {
+                (
+                    OpId {
+                        index: i as u32,
+                        generation,
+                    },
+                    v,
+                )
+            })
+        })
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,21 @@
 //!   that asks for the peer address (the kernel's multishot accept cannot fill one). That one
 //!   is re-armed by the next `wait`, after `*addrlen` is reset to its value at `push`: the
 //!   address of a reported connection stays readable until the caller waits again.
+//! * **Buffer rings.** [`Uring::register_buf_ring`] registers a [`BufRing`](crate::BufRing) as
+//!   a provided-buffer ring (`IORING_REGISTER_PBUF_RING`) under a buffer group of its own.
+//!   [`Op::RecvMulti`] is a multishot `RECV` with `BUFFER_SELECT` on that group: each CQE with
+//!   data is reported with `more == true` and its buffer id packed into the result. Data never
+//!   rides on the final completion: a CQE with data but without `F_MORE` is reported and the
+//!   request re-armed (or, when cancelled, followed by a final `-ECANCELED`). End of stream is
+//!   a final `0` (a buffer picked for it goes straight back to the ring); an empty ring ends
+//!   the request with `-ENOBUFS`, the data staying in the socket for the caller's next push.
+//!   Before Linux 6.0 (no multishot receive, detected at setup) the ring is not registered:
+//!   `RecvMulti` is a one-shot `POLL_ADD` re-armed after each report, and the driver receives
+//!   into the ring's head buffer in user space, as the epoll driver does.
+//! * **Batch wait** (`Config::batch_wait`, `IORING_FEAT_MIN_TIMEOUT`): a blocking wait that
+//!   submits `n` SQEs asks for `2n` CQEs with `min_wait_usec`, so that a request/response loop
+//!   submits and sleeps until the next requests in one enter. Not used when the wait must end
+//!   sooner than the minimum (timers stay on time); an `-ETIME` with nothing reaped waits on.
 //! * **Retries.** `-EINTR` re-issues the operation. `-EAGAIN` (an `O_NONBLOCK` fd, unless the
 //!   caller passed `MSG_DONTWAIT`) arms an internal one-shot `POLL_ADD` in the operation's
 //!   direction under the same `user_data`, and re-issues the operation when it fires. A connect
@@ -121,8 +136,8 @@ const CANCEL_UD: u64 = u64::MAX;
 /// `user_data` of the waker's poll.
 const WAKER_UD: u64 = u64::MAX - 1;
 /// The lowest reserved `user_data` (see also `setup::PROBE_*_UD`). An `OpId` packs a slab index
-/// in the low 32 bits; the slab never holds `u32::MAX - 3` entries, so ids stay below.
-const RESERVED_MIN: u64 = u64::MAX - 3;
+/// in the low 32 bits; the slab never holds `u32::MAX - 4` entries, so ids stay below.
+const RESERVED_MIN: u64 = u64::MAX - 4;
 
 /// How often `shutdown` re-sends cancels while nothing completes.
 const SHUTDOWN_TICK: Duration = Duration::from_millis(100);
@@ -189,6 +204,11 @@ pub struct Uring {
     cqes: Vec<cqueue::Entry>,
     /// Reused list for `cancel_fd` and `shutdown`.
     scratch: Vec<OpId>,
+    /// Buffer groups given back by `unregister_buf_ring`, and the next never-used one.
+    free_groups: Vec<u16>,
+    next_group: u16,
+    /// `Config::batch_wait` in µs where the kernel has `IORING_FEAT_MIN_TIMEOUT`, else 0.
+    batch_wait_us: u32,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -208,6 +228,12 @@ impl Uring {
         let (features, waker_armed) = setup::detect(&mut ring, wake.fd(), WAKER_UD);
         let sq = ring.params().sq_entries();
         let cq = ring.params().cq_entries();
+        let batch_wait_us = match config.batch_wait {
+            Some(d) if ring.params().is_feature_min_timeout() => {
+                u32::try_from(d.as_micros()).unwrap_or(u32::MAX).max(1)
+            }
+            _ => 0,
+        };
         let reason = format!(
             "io_uring available (setup flags {flags}, {sq} SQ / {cq} CQ entries; {})",
             features.describe()
@@ -233,6 +259,9 @@ impl Uring {
             waker_armed,
             cqes: Vec::with_capacity(cq as usize),
             scratch: Vec::new(),
+            free_groups: Vec::new(),
+            next_group: 0,
+            batch_wait_us,
             _not_send: PhantomData,
         };
         if !uring.waker_armed {
@@ -257,7 +286,8 @@ impl Uring {
     /// transferred to the driver.
     pub unsafe fn push(&mut self, op: Op, user_data: u64) -> OpId {
         let mut st = OpState::new(op, user_data);
-        st.tty = self.driven_by_poll(&op);
+        st.tty = self.driven_by_poll(&op)
+            || (matches!(op, Op::RecvMulti { .. }) && !self.features.multishot_recv);
         if st.tty {
             st.step = Step::Poll;
         }
@@ -396,8 +426,23 @@ impl Uring {
                 }
             };
             let mut stop = min_complete == 0;
-            if let Err(e) = self.enter(min_complete, block_for, submit) {
+            // Not when the wait must end sooner than the batch wait (a timer): the kernel would
+            // sleep for the whole minimum.
+            let batch = min_complete == 1
+                && submit
+                && self.batch_wait_us > 0
+                && !self.ring.submission().is_empty()
+                && block_for.is_none_or(|d| d.as_micros() > u128::from(self.batch_wait_us));
+            let r = if batch {
+                self.enter_batch(block_for)
+            } else {
+                self.enter(min_complete, block_for, submit)
+            };
+            if let Err(e) = r {
                 match e.raw_os_error() {
+                    // A batch wait's minimum time ended with nothing to show: wait on normally
+                    // (the SQ was submitted).
+                    Some(libc::ETIME) if batch => submit = true,
                     Some(libc::ETIME | libc::EINTR) => stop = true,
                     // The kernel could not take the SQEs (or flush an overflow) now: reap, then
                     // wait without submitting; the SQEs stay queued for the next wait.
@@ -467,6 +512,66 @@ impl Uring {
             }
         }
         self.scratch = ids;
+    }
+
+    /// Registers `ring` as a provided-buffer ring under a new buffer group; see
+    /// [`Driver::register_buf_ring`](crate::Driver::register_buf_ring).
+    ///
+    /// # Safety
+    ///
+    /// `ring` stays valid and unmoved until [`Uring::unregister_buf_ring`] or the driver's drop
+    /// (I2).
+    ///
+    /// # Errors
+    ///
+    /// The registration error (`ENOMEM`), or `EBUSY` when `ring` is registered already or
+    /// every group (the last one is reserved) is in use. Without multishot receive (before
+    /// Linux 6.0) nothing is registered: the driver consumes the ring in user space.
+    pub unsafe fn register_buf_ring(&mut self, ring: &crate::BufRing) -> io::Result<()> {
+        if ring.group().is_some() {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        if !self.features.multishot_recv {
+            // Without multishot receive the driver consumes the ring in user space.
+            return Ok(());
+        }
+        let group = match self.free_groups.pop() {
+            Some(g) => g,
+            None if self.next_group < u16::MAX => {
+                self.next_group += 1;
+                self.next_group - 1
+            }
+            None => return Err(io::Error::from_raw_os_error(libc::EBUSY)),
+        };
+        let (addr, entries) = ring.ring_addr();
+        // SAFETY: `addr` is the ring's page-aligned descriptor mapping of `entries` entries,
+        // valid until unregistered or the ring fd closes (this function's contract, I2).
+        let r = unsafe {
+            self.ring
+                .submitter()
+                .register_buf_ring_with_flags(addr, entries, group, 0)
+        };
+        match r {
+            Ok(()) => {
+                ring.set_group(Some(group));
+                Ok(())
+            }
+            Err(e) => {
+                self.free_groups.push(group);
+                Err(e)
+            }
+        }
+    }
+
+    /// Unregisters `ring` (nothing happens if it is not registered). No operation may use it.
+    pub fn unregister_buf_ring(&mut self, ring: &crate::BufRing) {
+        if let Some(group) = ring.group() {
+            // An error leaves the group registered: it is then never handed out again.
+            if self.ring.submitter().unregister_buf_ring(group).is_ok() {
+                self.free_groups.push(group);
+            }
+            ring.set_group(None);
+        }
     }
 
     /// Whether `op` is driven by poll + a syscall in user space (ttys; see the module docs).
@@ -714,6 +819,32 @@ impl Uring {
         }
     }
 
+    /// The batch wait (see `Config::batch_wait`): submits the SQ and waits for twice as many
+    /// completions as it submitted (request/response: each response sent is likely answered
+    /// by a new request), for at most `batch_wait_us`; then returns with what has arrived, or
+    /// waits for the first one up to `timeout`.
+    fn enter_batch(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        let to_submit = self.ring.submission().len() as u32;
+        // The minimum wait applies only with a general timeout (without one, the kernel treats
+        // the minimum as the timeout): an hour stands for "none" (an ETIME then waits on).
+        let d = timeout.unwrap_or(Duration::from_secs(3600));
+        let ts = Timespec::new()
+            .sec(d.as_secs().min(i64::MAX as u64 / 2))
+            .nsec(d.subsec_nanos());
+        let args = SubmitArgs::new()
+            .timespec(&ts)
+            .min_wait_usec(self.batch_wait_us);
+        let flags = (EnterFlags::GETEVENTS | EnterFlags::EXT_ARG).bits();
+        // SAFETY: as in `enter`: `args` is a valid `io_uring_getevents_arg` whose timespec
+        // outlives the call; the SQEs point to memory kept valid until their operations' final
+        // CQEs (I2, I3).
+        unsafe {
+            self.ring
+                .submitter()
+                .enter(to_submit, to_submit.saturating_mul(2), flags, Some(&args))
+        }
+    }
+
     /// Handles every CQE in the CQ now. Returns whether the waker fired.
     fn reap(&mut self, out: &mut Vec<Completion>) -> bool {
         self.cqes.clear();
@@ -758,6 +889,18 @@ impl Uring {
         let action = match st.step {
             Step::Poll if st.cancelled => Action::Finish(-libc::ECANCELED),
             Step::Poll if res < 0 => Action::Finish(res),
+            Step::Poll if st.tty && matches!(st.op, Op::RecvMulti { .. }) => {
+                let Op::RecvMulti { fd, ring, flags } = st.op else {
+                    unreachable!()
+                };
+                // SAFETY: the ring stays valid until the final completion and is not registered
+                // (the kernel lacks multishot receive), and the fd is open (I2, I3).
+                match unsafe { crate::bufring::recv_into(ring, fd, flags | libc::MSG_DONTWAIT) } {
+                    r if r > 0 => Action::ReportAndRearm(r),
+                    r if r == -libc::EAGAIN || r == -libc::EINTR => Action::Issue,
+                    r => Action::Finish(r),
+                }
+            }
             Step::Poll if st.tty || matches!(st.op, Op::Connect { .. }) => {
                 // SAFETY: the operation is in `self.ops`, so its buffers are valid and its fd
                 // open (I2, I3).
@@ -777,6 +920,9 @@ impl Uring {
                 Action::Issue
             }
             Step::Native if st.pri_check => ops::pri_action(st, res, more),
+            Step::Native if matches!(st.op, Op::RecvMulti { .. }) => {
+                ops::recv_multi_action(st, res, flags, more)
+            }
             Step::Native if more => Action::Report(res),
             Step::Native => match ops::retry_step(&st.op, res) {
                 Some(step) if !st.cancelled => {
@@ -817,6 +963,19 @@ impl Uring {
             Action::Nothing => {}
             Action::Finish(result) => {
                 self.ops.remove(id);
+                out.push(Completion {
+                    user_data,
+                    result,
+                    more: false,
+                });
+            }
+            Action::ReportAndFinish(report, result) => {
+                self.ops.remove(id);
+                out.push(Completion {
+                    user_data,
+                    result: report,
+                    more: true,
+                });
                 out.push(Completion {
                     user_data,
                     result,

@@ -1,68 +1,118 @@
 //! fdloop's echo handlers, shared by `echo_fdloop`, `idle` and `memory`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use fdloop::{Loop, Timer};
+use fdloop::{BufPool, Loop, Timer};
 
 use crate::set_nodelay;
 
-/// Accepts connections on `listener` with `Loop::accept`, one at a time, and echoes each with
-/// [`recv_next`] / [`send_rest`] using a `buf_size`-byte buffer. `accepted` counts them.
+/// Buffers in the receive pool shared by every connection of [`accept_callbacks`]. Each chunk
+/// holds one only while its callback runs, so a few dozen serve any number of connections.
+pub const POOL_BUFFERS: usize = 64;
+
+/// Accepts connections on `listener` with one `Loop::accept_multishot`, and echoes each with a
+/// `Loop::recv_multishot` into a pool of `buf_size`-byte buffers shared by all connections
+/// (at most 64 KiB each) and `Loop::send`. `accepted` counts the connections.
 pub fn accept_callbacks(
     lp: &Loop,
     listener: Rc<TcpListener>,
     buf_size: usize,
     accepted: Rc<Cell<usize>>,
 ) {
+    let pool = match lp.buffer_pool(POOL_BUFFERS, buf_size.min(1 << 16)) {
+        Ok(pool) => pool,
+        Err(e) => {
+            eprintln!("buffer pool: {e}");
+            std::process::exit(1);
+        }
+    };
+    accept_with(lp, listener, pool, accepted);
+}
+
+fn accept_with(lp: &Loop, listener: Rc<TcpListener>, pool: BufPool, accepted: Rc<Cell<usize>>) {
     let l2 = listener.clone();
-    lp.accept(&*listener, move |lp, res| {
-        match res {
-            Ok((fd, _peer)) => {
-                set_nodelay(fd.as_raw_fd());
-                accepted.set(accepted.get() + 1);
-                recv_next(lp, Rc::new(fd), vec![0; buf_size]);
-            }
-            Err(e) => {
-                // Out of fds (EMFILE) and the like: back off instead of spinning.
-                eprintln!("accept: {e}");
-                let mut again = Some((l2, accepted));
-                lp.start_timer(Timer::after(Duration::from_millis(10)), move |lp, _| {
-                    if let Some((l, a)) = again.take() {
-                        accept_callbacks(lp, l, buf_size, a);
-                    }
-                });
-                return;
+    lp.accept_multishot(&*listener, move |lp, res| match res {
+        Ok(fd) => {
+            set_nodelay(fd.as_raw_fd());
+            accepted.set(accepted.get() + 1);
+            serve(lp, fd, &pool);
+        }
+        Err(e) => {
+            // The last call: out of fds (EMFILE) and the like. Back off, then accept again.
+            eprintln!("accept: {e}");
+            let mut again = Some((l2.clone(), pool.clone(), accepted.clone()));
+            lp.start_timer(Timer::after(Duration::from_millis(10)), move |lp, _| {
+                if let Some((l, p, a)) = again.take() {
+                    accept_with(lp, l, p, a);
+                }
+            });
+        }
+    });
+}
+
+/// One echoed connection: bytes received while a send is in flight wait in `pending`.
+struct Conn {
+    fd: OwnedFd,
+    sending: Cell<bool>,
+    pending: RefCell<Vec<u8>>,
+    /// The send buffer between sends (reused: no allocation per round trip).
+    spare: RefCell<Vec<u8>>,
+}
+
+/// Echoes `fd` until end of stream or an error.
+pub fn serve(lp: &Loop, fd: OwnedFd, pool: &BufPool) {
+    let conn = Rc::new(Conn {
+        fd,
+        sending: Cell::new(false),
+        pending: RefCell::new(Vec::new()),
+        spare: RefCell::new(Vec::new()),
+    });
+    let c = conn.clone();
+    let started = lp.recv_multishot(&conn.fd, pool, move |lp, res| match res {
+        Ok(chunk) if !chunk.is_empty() => echo(lp, &c, chunk),
+        // The last call: end of stream, or an error.
+        _ => close(lp, &c),
+    });
+    if let Err(e) = started {
+        eprintln!("recv_multishot: {e}");
+        close(lp, &conn);
+    }
+}
+
+fn echo(lp: &Loop, conn: &Rc<Conn>, chunk: &[u8]) {
+    if conn.sending.get() {
+        conn.pending.borrow_mut().extend_from_slice(chunk);
+        return;
+    }
+    let mut buf = std::mem::take(&mut *conn.spare.borrow_mut());
+    buf.clear();
+    buf.extend_from_slice(chunk);
+    conn.sending.set(true);
+    send_rest(lp, conn.clone(), buf);
+}
+
+/// Sends all of `buf`, then what arrived meanwhile.
+fn send_rest(lp: &Loop, conn: Rc<Conn>, buf: Vec<u8>) {
+    let fd = conn.fd.as_raw_fd();
+    lp.send(fd, buf, move |lp, res, mut buf| match res {
+        Ok(n) if n == buf.len() => {
+            buf.clear();
+            let mut pending = conn.pending.borrow_mut();
+            if pending.is_empty() {
+                drop(pending);
+                conn.sending.set(false);
+                *conn.spare.borrow_mut() = buf;
+            } else {
+                std::mem::swap(&mut buf, &mut *pending);
+                drop(pending);
+                send_rest(lp, conn, buf);
             }
         }
-        accept_callbacks(lp, l2, buf_size, accepted);
-    });
-}
-
-/// Receives into `buf` (its whole capacity), then echoes.
-pub fn recv_next(lp: &Loop, conn: Rc<OwnedFd>, mut buf: Vec<u8>) {
-    // `recv` reads up to `buf.len()` bytes and hands the buffer back truncated to what it read.
-    // Every byte up to the capacity was initialised once (`vec![0; n]`) and truncating a
-    // `Vec<u8>` does not de-initialise memory, so the length is restored without writing the
-    // buffer again (a `resize` would memset up to the whole buffer per round trip).
-    // SAFETY: see above: bytes 0..capacity are initialised u8s.
-    unsafe { buf.set_len(buf.capacity()) };
-    let fd = conn.as_raw_fd();
-    lp.recv(fd, buf, move |lp, res, buf| match res {
-        Ok(n) if n > 0 => send_rest(lp, conn, buf),
-        _ => close(lp, &conn),
-    });
-}
-
-/// Sends all of `buf`, then receives again.
-pub fn send_rest(lp: &Loop, conn: Rc<OwnedFd>, buf: Vec<u8>) {
-    let fd = conn.as_raw_fd();
-    lp.send(fd, buf, move |lp, res, mut buf| match res {
-        Ok(n) if n == buf.len() => recv_next(lp, conn, buf),
         Ok(n) if n > 0 => {
             // A short send: send the rest (rare; only under back-pressure).
             buf.drain(..n);
@@ -72,10 +122,10 @@ pub fn send_rest(lp: &Loop, conn: Rc<OwnedFd>, buf: Vec<u8>) {
     });
 }
 
-fn close(lp: &Loop, conn: &Rc<OwnedFd>) {
-    // Detach before the fd is closed (when the last Rc goes, which is now: no operation of
-    // this connection is in flight once its callback runs).
-    let _ = lp.detach(conn.as_raw_fd());
+fn close(lp: &Loop, conn: &Rc<Conn>) {
+    // Cancels what is in flight on the connection; the fd is closed when the last reference
+    // goes (after the final callbacks).
+    let _ = lp.detach(conn.fd.as_raw_fd());
 }
 
 /// A fiber's echo loop: read, write back, until end-of-file or an error. The buffer is on

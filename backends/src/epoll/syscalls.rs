@@ -74,7 +74,7 @@ pub(super) fn route(op: &Op, class: FdClass) -> Route {
         Op::Write { .. } | Op::Writev { .. } if socket || nonblocking => Route::Now(OUT),
         // A write to a blocking pipe or tty may block until everything is written.
         Op::Write { .. } | Op::Writev { .. } => Route::Pool,
-        Op::Recv { .. } | Op::RecvMsg { .. } => Route::Now(IN),
+        Op::Recv { .. } | Op::RecvMsg { .. } | Op::RecvMulti { .. } => Route::Now(IN),
         Op::Send { .. } | Op::SendMsg { .. } => Route::Now(OUT),
         // On a non-socket the syscall fails at once with ENOTSOCK.
         Op::Accept { .. } if !socket || nonblocking => Route::Now(IN),
@@ -95,6 +95,7 @@ pub(super) fn direction(op: &Op) -> u32 {
         | Op::Readv { .. }
         | Op::Recv { .. }
         | Op::RecvMsg { .. }
+        | Op::RecvMulti { .. }
         | Op::Accept { .. } => IN,
         Op::Write { .. }
         | Op::Writev { .. }
@@ -137,6 +138,11 @@ pub(super) unsafe fn stream_transfer(op: &Op) -> Option<(u32, usize)> {
                 len, offset: None, ..
             } => Some((IN, len as usize)),
             Op::Recv { len, flags, .. } if flags & libc::MSG_PEEK == 0 => Some((IN, len as usize)),
+            // The whole buffer at the head of the ring was offered: `(*ring)` is valid while
+            // the operation is in flight (I2).
+            Op::RecvMulti { ring, flags, .. } if flags & libc::MSG_PEEK == 0 => {
+                Some((IN, (*ring).buf_size() as usize))
+            }
             Op::Readv {
                 iov,
                 iovcnt,
@@ -355,6 +361,11 @@ pub(super) unsafe fn attempt(op: &Op, class: FdClass, ready: bool, connecting: b
             Op::RecvMsg { fd, msg, flags } => {
                 attempt_of(retry(|| libc::recvmsg(fd, msg, flags | libc::MSG_DONTWAIT)))
             }
+            Op::RecvMulti { fd, ring, flags } => attempt_of(crate::bufring::recv_into(
+                ring,
+                fd,
+                flags | libc::MSG_DONTWAIT,
+            )),
             Op::SendMsg { fd, msg, flags } => attempt_of(retry(|| {
                 let flags = flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
                 libc::sendmsg(fd, msg, flags)
@@ -551,7 +562,7 @@ pub(super) unsafe fn run_blocking(op: &Op) -> i32 {
             } => retry(|| {
                 libc::accept4(fd, addr.cast(), addrlen, flags | libc::SOCK_CLOEXEC) as isize
             }),
-            Op::Nop | Op::Poll { .. } | Op::Close { .. } => -libc::EINVAL,
+            Op::Nop | Op::Poll { .. } | Op::Close { .. } | Op::RecvMulti { .. } => -libc::EINVAL,
         }
     }
 }

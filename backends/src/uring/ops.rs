@@ -101,6 +101,9 @@ pub(super) enum Action {
     Issue,
     /// Report the final completion and forget the operation.
     Finish(i32),
+    /// Report a non-final completion, then the final one (a multishot receive's last data
+    /// followed by its end).
+    ReportAndFinish(i32, i32),
     /// Cancel the operation's own kernel request (its result is held until that ends).
     CancelSelf,
     /// Nothing to do.
@@ -159,6 +162,50 @@ pub(super) fn pri_action(st: &mut OpState, res: i32, more: bool) -> Action {
     })
 }
 
+/// CQE handling of a multishot receive into a buffer ring ([`Op::RecvMulti`]). Data is always
+/// reported with `more == true` (packed with its buffer id); the final completion carries none.
+/// A kernel request that ended with data but without `F_MORE` (a CQ overflow, the kernel's
+/// fairness limit) is re-armed, unless cancelled.
+pub(super) fn recv_multi_action(st: &mut OpState, res: i32, flags: u32, more: bool) -> Action {
+    let Op::RecvMulti { ring, .. } = st.op else {
+        return Action::Finish(res);
+    };
+    let bid = io_uring::cqueue::buffer_select(flags);
+    if res > 0 {
+        let Some(bid) = bid else {
+            // Data without a buffer cannot happen with BUFFER_SELECT; end rather than lie.
+            return if more {
+                Action::Nothing
+            } else {
+                Action::Finish(-libc::EIO)
+            };
+        };
+        let packed = crate::bufring::pack(bid, res as u32);
+        return match (more, st.cancelled) {
+            (true, _) => Action::Report(packed),
+            (false, false) => Action::ReportAndRearm(packed),
+            (false, true) => Action::ReportAndFinish(packed, -libc::ECANCELED),
+        };
+    }
+    if let Some(bid) = bid {
+        // A buffer picked for no data goes straight back.
+        // SAFETY: the ring is valid until the final completion (I2); the kernel handed `bid`
+        // out with this CQE and nobody else holds it.
+        unsafe { (*ring).recycle(bid) };
+    }
+    if more {
+        return Action::Nothing;
+    }
+    match retry_step(&st.op, res) {
+        Some(step) if !st.cancelled => {
+            st.step = step;
+            Action::Issue
+        }
+        _ if st.cancelled && is_retry_result(res) => Action::Finish(-libc::ECANCELED),
+        _ => Action::Finish(res),
+    }
+}
+
 /// Whether poll bits `revents` report a hang-up or error but not the readiness `op` waits for.
 pub(super) fn hung_up_without(op: &Op, revents: i32) -> bool {
     let revents = revents as u32;
@@ -183,6 +230,7 @@ pub(super) fn readiness(op: &Op) -> Option<u32> {
         Op::Read { .. }
         | Op::Readv { .. }
         | Op::Recv { .. }
+        | Op::RecvMulti { .. }
         | Op::RecvMsg { .. }
         | Op::Accept { .. } => Some(libc::POLLIN as u32),
         Op::Write { .. }
@@ -199,6 +247,7 @@ pub(super) fn readiness(op: &Op) -> Option<u32> {
 fn dont_wait(op: &Op) -> bool {
     match *op {
         Op::Recv { flags, .. }
+        | Op::RecvMulti { flags, .. }
         | Op::Send { flags, .. }
         | Op::RecvMsg { flags, .. }
         | Op::SendMsg { flags, .. } => flags & libc::MSG_DONTWAIT != 0,
@@ -297,6 +346,13 @@ fn native(op: &Op, f: &Features) -> squeue::Entry {
         } => opcode::Send::new(Fd(fd), buf, len)
             .flags(flags | libc::MSG_NOSIGNAL)
             .build(),
+        Op::RecvMulti { fd, ring, flags } => {
+            // SAFETY: the ring stays valid until the operation's final completion (I2); an
+            // unregistered ring gives group 0xffff, which no registered ring has: the kernel
+            // answers ENOBUFS.
+            let group = unsafe { (*ring).group() }.unwrap_or(u16::MAX);
+            opcode::RecvMulti::new(Fd(fd), group).flags(flags).build()
+        }
         Op::RecvMsg { fd, msg, flags } => opcode::RecvMsg::new(Fd(fd), msg)
             .flags(flags as u32)
             .build(),

@@ -22,6 +22,8 @@ const MIN_ENTRIES: u32 = 8;
 pub(super) const PROBE_CANCEL_UD: u64 = u64::MAX - 2;
 /// `user_data` of the setup-time probe for multishot accept.
 pub(super) const PROBE_ACCEPT_UD: u64 = u64::MAX - 3;
+/// `user_data` of the setup-time probe for multishot receive.
+pub(super) const PROBE_RECV_UD: u64 = u64::MAX - 4;
 
 /// Optional kernel features. Each one is used when present and emulated otherwise.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +36,10 @@ pub(super) struct Features {
     /// cancels per operation (`user_data`), which stays exact when an fd number was closed or
     /// reused.
     pub(super) cancel_fd: bool,
+    /// Multishot `RECV` with buffer selection from a provided-buffer ring (6.0); else
+    /// `RecvMulti` is a one-shot `POLL_ADD` re-armed after each report, the driver receiving
+    /// into the ring (not registered then) in user space.
+    pub(super) multishot_recv: bool,
     /// Tests only: issue reads with `RWF_NOWAIT`, so that an empty pipe answers `-EAGAIN` and
     /// the readiness-then-retry path runs on a kernel that would otherwise just wait.
     #[cfg(test)]
@@ -45,9 +51,10 @@ impl Features {
     pub(super) fn describe(&self) -> String {
         let yes_no = |b: bool| if b { "native" } else { "emulated" };
         format!(
-            "multishot poll {}, multishot accept {}, cancel by fd {}",
+            "multishot poll {}, multishot accept {}, multishot recv {}, cancel by fd {}",
             yes_no(self.multishot_poll),
             yes_no(self.multishot_accept),
+            yes_no(self.multishot_recv),
             yes_no(self.cancel_fd)
         )
     }
@@ -262,6 +269,8 @@ pub(super) fn probe_opcodes(ring: &IoUring) -> io::Result<()> {
 ///   answers a count or `-ENOENT` where supported, `-EINVAL` before 5.19;
 /// * multishot accept: on the ring fd (not a socket) it answers `-ENOTSOCK` where supported,
 ///   `-EINVAL` before 5.19;
+/// * multishot receive: on the ring fd it answers `-ENOTSOCK` where supported, `-EINVAL`
+///   before 6.0;
 /// * multishot poll: the waker's multishot `POLL_ADD` on `waker_fd` (an empty eventfd) stays
 ///   armed where supported and fails with `-EINVAL` at submission before 5.13.
 ///
@@ -269,13 +278,16 @@ pub(super) fn probe_opcodes(ring: &IoUring) -> io::Result<()> {
 /// one-shot one).
 pub(super) fn detect(ring: &mut IoUring, waker_fd: RawFd, waker_ud: u64) -> (Features, bool) {
     let ring_fd = ring.as_raw_fd();
-    let sqes: [squeue::Entry; 3] = [
+    let sqes: [squeue::Entry; 4] = [
         opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(ring_fd)).all())
             .build()
             .user_data(PROBE_CANCEL_UD),
         opcode::AcceptMulti::new(Fd(ring_fd))
             .build()
             .user_data(PROBE_ACCEPT_UD),
+        opcode::RecvMulti::new(Fd(ring_fd), u16::MAX)
+            .build()
+            .user_data(PROBE_RECV_UD),
         opcode::PollAdd::new(Fd(waker_fd), libc::POLLIN as u32)
             .multi(true)
             .build()
@@ -294,6 +306,7 @@ pub(super) fn detect(ring: &mut IoUring, waker_fd: RawFd, waker_ud: u64) -> (Fea
         multishot_poll: true,
         multishot_accept: false,
         cancel_fd: false,
+        multishot_recv: false,
         #[cfg(test)]
         nowait_reads: false,
     };
@@ -303,7 +316,7 @@ pub(super) fn detect(ring: &mut IoUring, waker_fd: RawFd, waker_ud: u64) -> (Fea
     let ts = Timespec::from(Duration::from_secs(1));
     for _ in 0..3 {
         let args = SubmitArgs::new().timespec(&ts);
-        let _ = ring.submitter().submit_with_args(2 - seen, &args);
+        let _ = ring.submitter().submit_with_args(3 - seen, &args);
         for cqe in ring.completion() {
             let res = cqe.result();
             match cqe.user_data() {
@@ -315,6 +328,10 @@ pub(super) fn detect(ring: &mut IoUring, waker_fd: RawFd, waker_ud: u64) -> (Fea
                     seen += 1;
                     features.multishot_accept = res == -libc::ENOTSOCK;
                 }
+                PROBE_RECV_UD => {
+                    seen += 1;
+                    features.multishot_recv = res == -libc::ENOTSOCK;
+                }
                 ud if ud == waker_ud && !cqueue::more(cqe.flags()) => {
                     waker_armed = false;
                     if res == -libc::EINVAL {
@@ -324,7 +341,7 @@ pub(super) fn detect(ring: &mut IoUring, waker_fd: RawFd, waker_ud: u64) -> (Fea
                 _ => {}
             }
         }
-        if seen >= 2 {
+        if seen >= 3 {
             break;
         }
     }

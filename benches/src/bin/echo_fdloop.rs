@@ -2,16 +2,23 @@
 //!
 //! ```text
 //! echo_fdloop [--addr 127.0.0.1:0] [--style callback|fiber] [--backend uring|epoll]
+//!             [--batch-wait-us N]
 //! ```
 //!
-//! * `callback`: completion I/O with owned buffers (`Loop::accept` / `recv` / `send`); one
-//!   16 KiB `Vec` per connection goes round recv → send → recv.
+//! `--batch-wait-us`: the io_uring batch wait (`LoopBuilder::batch_wait`; Linux 6.12, ignored
+//! elsewhere): after submitting its responses the loop sleeps until the next request in the
+//! same `io_uring_enter`, waiting at most this long for it. Default 0 (off); 50 suits the callback server.
+//!
+//! * `callback`: one multishot accept, one multishot receive per connection into a pool of
+//!   64 × 16 KiB buffers shared by all connections (`Loop::accept_multishot` /
+//!   `recv_multishot`), and `Loop::send` from a per-connection `Vec` reused round after round.
 //! * `fiber`: one fiber per connection (`fdloop::net::TcpStream`, `Read` / `Write`), the
 //!   16 KiB buffer on the fiber's stack.
 //!
 //! Prints `READY <addr>` once listening, then serves until killed.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use fdloop::{BackendKind, Loop};
 use fdloop_bench::fdloop_echo::{accept_callbacks, accept_fibers};
@@ -21,7 +28,15 @@ fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let addr: String = args.get("addr", "127.0.0.1:0".to_string());
     let style: String = args.get("style", "callback".to_string());
-    let lp = Loop::builder().backend(backend_arg(&args)).build()?;
+    // Off by default: it halves io_uring_enter calls but costs CPU (a timer per wait) and
+    // latency (docs/callbacks.md, "Batch wait"). It suits the callback server, whose responses need
+    // nothing after their send; a fiber waits for its send before it reads again, so it would
+    // lose up to the batch wait per round trip.
+    let batch_us: u64 = args.get("batch-wait-us", 0);
+    let lp = Loop::builder()
+        .backend(backend_arg(&args))
+        .batch_wait(Duration::from_micros(batch_us))
+        .build()?;
     let listener = fdloop_bench::listen(&addr)?;
     let local = listener.local_addr()?;
     eprintln!("echo_fdloop: {style} on {}", lp.backend());
