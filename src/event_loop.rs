@@ -184,7 +184,7 @@ impl Loop {
     /// shared state).
     pub(crate) fn inner_rc(self) -> Rc<Inner> {
         let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `this` is never used or dropped again, so the Rc is moved out exactly once.
+        // SAFETY: (FFI) `this` is never used or dropped again, so the Rc is moved out exactly once.
         unsafe { std::ptr::read(&this.inner) }
     }
 
@@ -501,15 +501,16 @@ impl Loop {
     ///
     /// # Safety
     ///
-    /// As for [`Driver::push`]: memory and the fd referenced by `op` stay valid until the final
-    /// completion (I2, I3). Memory owned by `kind` satisfies this, because the entry is kept
+    /// (I2, I3) Memory and the fd referenced by `op` stay valid until the final completion, as
+    /// [`Driver::push`] requires. Memory owned by `kind` satisfies this, because the entry is kept
     /// until that completion.
     pub(crate) unsafe fn push_op(&self, op: Op, kind: OpKind) -> OpId {
         let key = self.inner.ops.borrow_mut().insert(OpEntry {
             driver_id: OpId::from_u64(u64::MAX),
             kind,
         });
-        // SAFETY: forwarded from this function's contract (I2, I3).
+        // SAFETY: (I2, I3) the caller of `push_op` keeps the memory and the fd referenced by `op`
+        // valid until its final completion, which is what the driver's `push` requires.
         let driver_id = unsafe { self.inner.driver.borrow_mut().push(op, key.to_u64()) };
         if let Some(e) = self.inner.ops.borrow_mut().get_mut(key) {
             e.driver_id = driver_id;

@@ -127,14 +127,14 @@ fn invalid_seek() -> io::Error {
 
 /// The kernel's file position of `fd` (`lseek(fd, 0, SEEK_CUR)`), if it has one.
 fn kernel_pos(fd: RawFd) -> Option<u64> {
-    // SAFETY: lseek takes no pointers; SEEK_CUR with offset 0 does not move the position.
+    // SAFETY: (FFI) lseek takes no pointers; SEEK_CUR with offset 0 does not move the position.
     let pos = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
     u64::try_from(pos).ok()
 }
 
 /// The status flags of `fd`'s open file description (`O_APPEND`, `O_DIRECT` …).
 fn status_flags(fd: RawFd) -> io::Result<i32> {
-    // SAFETY: F_GETFL takes no pointer argument.
+    // SAFETY: (FFI) F_GETFL takes no pointer argument.
     cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })
 }
 
@@ -164,16 +164,17 @@ enum Cached {
 ///
 /// # Safety
 ///
-/// `iov` points to `cnt` `iovec`s whose buffers are writable and stay alive across the call.
+/// (FFI) `iov` points to `cnt` `iovec`s whose buffers are writable and stay alive across the call.
 unsafe fn read_cached(fd: RawFd, iov: *const libc::iovec, cnt: usize, offset: u64) -> Cached {
     let Ok(off) = libc::off_t::try_from(offset) else {
         return Cached::Miss; // the backend reports EINVAL
     };
     // At most IOV_MAX (1024) slices; reading fewer is a short read, which is allowed.
     let cnt = cnt.min(1024) as libc::c_int;
-    // SAFETY: forwarded from this function's contract; `fd` is open for the call (the caller
-    // holds the `File`). RWF_NOWAIT is the same non-blocking attempt io_uring makes inline on
-    // the submitting thread before it hands a read to a worker.
+    // SAFETY: (I5, FFI) the caller guarantees that `iov` points to `cnt` `iovec`s whose buffers are
+    // writable and alive across the call; `fd` is open for the call (the caller holds the `File`).
+    // RWF_NOWAIT keeps the loop thread from blocking: it is the non-blocking attempt io_uring makes
+    // inline on the submitting thread before it hands a read to a worker.
     let r = unsafe { libc::preadv2(fd, iov, cnt, off, libc::RWF_NOWAIT) };
     if r >= 0 {
         return Cached::Read(r as usize);
@@ -211,8 +212,8 @@ where
 {
     let fd = fd.clone();
     fiber::unblock(move || {
-        // SAFETY: `fd` (an `Arc<LoopFd>` moved into this job) keeps the fd open for the whole
-        // job, even if the fiber that asked is unwound meanwhile (I3); `ManuallyDrop` keeps this
+        // SAFETY: (I3, FFI) `fd` (an `Arc<LoopFd>` moved into this job) keeps the fd open for the
+        // whole job, even if the fiber that asked is unwound meanwhile; `ManuallyDrop` keeps this
         // view from closing it.
         let file = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd.as_raw_fd()) });
         f(&file)
@@ -391,10 +392,10 @@ impl OpenOptions {
         let mode = self.mode as libc::c_uint;
         let (fd, len) = fiber::unblock(move || {
             let fd = loop {
-                // SAFETY: `cpath` is a NUL-terminated string that lives across the call.
+                // SAFETY: (FFI) `cpath` is a NUL-terminated string that lives across the call.
                 let fd = unsafe { libc::open(cpath.as_ptr(), flags, mode) };
                 if fd >= 0 {
-                    // SAFETY: open returned a fresh fd that nothing else owns.
+                    // SAFETY: (FFI) `fd` was just returned by open and nothing else owns it.
                     break unsafe { OwnedFd::from_raw_fd(fd) };
                 }
                 let e = io::Error::last_os_error();
@@ -404,10 +405,10 @@ impl OpenOptions {
             };
             let len = if size {
                 let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-                // SAFETY: `st` is a writable `stat` buffer that lives across the call, and
+                // SAFETY: (FFI) `st` is a writable `stat` buffer that lives across the call, and
                 // `fd` is open.
                 let r = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) };
-                // SAFETY: fstat succeeded, so it filled `st`.
+                // SAFETY: (FFI) fstat succeeded, so it filled `st`.
                 (r == 0).then(|| unsafe { st.assume_init() }.st_size as u64)
             } else {
                 None
@@ -734,7 +735,7 @@ impl File {
                 .unwrap_or_else(|e| panic!("cannot duplicate the file's fd: {e}")),
         };
         if let Ok(pos) = i64::try_from(pos) {
-            // SAFETY: lseek takes no pointers; a failure (unseekable fd) changes nothing.
+            // SAFETY: (FFI) lseek takes no pointers; a failure (unseekable fd) changes nothing.
             unsafe { libc::lseek(fd.as_raw_fd(), pos, libc::SEEK_SET) };
         }
         fd
@@ -749,7 +750,8 @@ impl File {
                 iov_base: buf.as_mut_ptr().cast(),
                 iov_len: buf.len(),
             };
-            // SAFETY: `iov` describes `buf`, which is writable and outlives the call.
+            // SAFETY: (FFI) `iov` describes `buf`, which is writable and outlives the call, and
+            // `read_cached` asks for nothing more.
             match unsafe { read_cached(self.raw(), &iov, 1, offset) } {
                 Cached::Read(n) if n == buf.len() => {
                     cached_hit();
@@ -775,8 +777,9 @@ impl File {
     /// slices are the caller's and are not advanced).
     fn preadv(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<usize> {
         if self.try_cached.load(Ordering::Relaxed) && bufs.iter().any(|b| !b.is_empty()) {
-            // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` (std guarantees it on Unix);
-            // the buffers are writable and outlive the call.
+            // SAFETY: (FFI) `IoSliceMut` is ABI-compatible with `iovec` (std guarantees it on
+            // Unix); the buffers are writable and outlive the call, and `read_cached` asks for
+            // nothing more.
             match unsafe { read_cached(self.raw(), bufs.as_ptr().cast(), bufs.len(), offset) } {
                 Cached::Read(n) if n > 0 => {
                     cached_hit();

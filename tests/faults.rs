@@ -54,11 +54,12 @@ fn raise_fd_limit() -> u64 {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: `lim` is a writable rlimit.
+    // SAFETY: (FFI) `lim` is a writable rlimit.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
-        // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the hard one is allowed.
+        // SAFETY: (FFI) `lim` is a valid rlimit; raising the soft limit up to the hard one is
+        // allowed.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     }
     lim.rlim_cur
@@ -232,13 +233,13 @@ fn read_queued(fd: RawFd, max: usize) -> Vec<u8> {
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: `pfd` is one live pollfd.
+    // SAFETY: (FFI) `pfd` is one live pollfd.
     let r = unsafe { libc::poll(&mut pfd, 1, 0) };
     if r <= 0 {
         return Vec::new();
     }
     let mut buf = vec![0u8; max];
-    // SAFETY: `buf` is a live writable buffer of `max` bytes.
+    // SAFETY: (FFI) `buf` is a live writable buffer of `max` bytes.
     let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), max) };
     buf.truncate(n.max(0) as usize);
     buf
@@ -251,7 +252,7 @@ fn wait_readable(fd: RawFd) -> bool {
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: `pfd` is one live pollfd.
+    // SAFETY: (FFI) `pfd` is one live pollfd.
     let r = unsafe { libc::poll(&mut pfd, 1, LIMIT.as_millis() as i32) };
     r == 1
 }
@@ -455,14 +456,14 @@ mod multishot {
     const BURST: usize = 40;
 
     fn eventfd_add(fd: &OwnedFd, v: u64) {
-        // SAFETY: `v` is a live 8-byte buffer.
+        // SAFETY: (FFI) `v` is a live 8-byte buffer.
         let n = unsafe { libc::write(fd.as_raw_fd(), (&v as *const u64).cast(), 8) };
         assert_eq!(n, 8);
     }
 
     fn eventfd_take(fd: &OwnedFd) -> u64 {
         let mut v = 0u64;
-        // SAFETY: `v` is a live 8-byte buffer.
+        // SAFETY: (FFI) `v` is a live 8-byte buffer.
         let n = unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
         if n == 8 {
             v
@@ -487,8 +488,8 @@ mod multishot {
                     *self.reports.entry(c.user_data).or_default() += 1;
                     if c.user_data == accept_ud {
                         assert!(c.result >= 0, "accept report {c:?}");
-                        // SAFETY: a multishot accept report carries a fresh fd that nobody
-                        // else owns.
+                        // SAFETY: (FFI) a multishot accept report carries a fresh fd that the
+                        // kernel just created and nobody else owns.
                         self.accepted
                             .push(unsafe { OwnedFd::from_raw_fd(c.result) });
                     }
@@ -533,7 +534,7 @@ mod multishot {
                 events: interest::READABLE,
                 multishot: true,
             };
-            // SAFETY: a poll references no memory; the eventfds outlive the driver's use of
+            // SAFETY: (I3) a poll references no memory; the eventfds outlive the driver's use of
             // them (every operation ends before they are dropped, below).
             unsafe { driver.push(op, i as u64) };
         }
@@ -544,7 +545,8 @@ mod multishot {
             flags: libc::SOCK_CLOEXEC,
             multishot: true,
         };
-        // SAFETY: no memory; the listener outlives the operation (cancelled below).
+        // SAFETY: (I3) the accept references no memory (null address); the listener outlives the
+        // operation (cancelled below).
         unsafe { driver.push(op, ACCEPT_UD) };
         let mut out = Vec::new();
         let mut acc = Account {
@@ -1012,9 +1014,10 @@ struct Inspect {
 
 impl Drop for Inspect {
     fn drop(&mut self) {
-        // SAFETY: `buf` points to a live array declared before `self` in the same frame (so
-        // it is dropped after `self`); the read that borrowed it has returned or been unwound,
-        // so nothing else accesses it now.
+        // SAFETY: (I2) `buf` points to a live array declared before `self` in the same frame (so it
+        // is dropped after `self`); the read that borrowed it has reached its final completion
+        // (fiber I/O returns or unwinds only then), so the kernel no longer writes it and nothing
+        // else accesses it now.
         let bytes = unsafe { std::slice::from_raw_parts(self.buf, self.len) };
         let seen = if bytes.iter().all(|&b| b == CANARY) {
             Seen::Canary
@@ -1359,7 +1362,7 @@ fault_tests! {
 fn sock_buf(s: &impl AsRawFd, opt: i32) -> usize {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `v` and `len` are live and sized for an int option.
+    // SAFETY: (FFI) `v` and `len` are live and sized for an int option.
     let r = unsafe {
         libc::getsockopt(
             s.as_raw_fd(),
@@ -1412,10 +1415,10 @@ fn reuse_number(old: OwnedFd) -> (OwnedFd, StdUnixStream) {
     let num = old.as_raw_fd();
     let (a, b) = StdUnixStream::pair().unwrap();
     drop(old);
-    // SAFETY: dup2 onto the number just freed; the result is owned by the OwnedFd below.
+    // SAFETY: (FFI) dup2 onto the number just freed; the result is owned by the OwnedFd below.
     assert_eq!(unsafe { libc::dup2(b.as_raw_fd(), num) }, num);
     drop(b);
-    // SAFETY: `num` now names a fresh duplicate that only this OwnedFd owns.
+    // SAFETY: (FFI) `num` now names a fresh duplicate that only this OwnedFd owns.
     (unsafe { OwnedFd::from_raw_fd(num) }, a)
 }
 

@@ -255,7 +255,7 @@ fn close_with_blocked_fibers(choice: fdloop::BackendChoice) {
     for (mut tx, probe) in writers.into_iter().zip(readers) {
         tx_write(&mut tx, b"after");
         let mut buf = [0u8; 16];
-        // SAFETY: `buf` is a live buffer; `probe` is an open fd.
+        // SAFETY: (FFI) `buf` is a live buffer; `probe` is an open fd.
         let n = unsafe {
             libc::read(
                 std::os::fd::AsRawFd::as_raw_fd(&probe),
@@ -276,7 +276,7 @@ fn unsafe_clone_fd(rx: &fdloop::PipeReader) -> std::os::fd::OwnedFd {
 
 fn tx_write(tx: &mut fdloop::PipeWriter, data: &[u8]) {
     let fd = std::os::fd::AsRawFd::as_raw_fd(tx);
-    // SAFETY: `data` is a live buffer.
+    // SAFETY: (FFI) `data` is a live buffer.
     let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
     assert_eq!(n, data.len() as isize);
 }

@@ -37,7 +37,7 @@ impl TestFile {
     /// must return the file's bytes either way.
     fn evict(&self, offset: usize, len: usize) {
         let f = std::fs::File::open(&self.0).unwrap();
-        // SAFETY: fadvise takes no pointers; `f` is open across the call.
+        // SAFETY: (FFI) fadvise takes no pointers; `f` is open across the call.
         let r = unsafe {
             libc::posix_fadvise(
                 f.as_raw_fd(),

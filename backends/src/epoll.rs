@@ -195,16 +195,17 @@ impl Epoll {
     ///
     /// `epoll_create1`, `eventfd` or `epoll_ctl` failures (EMFILE, ENFILE, ENOMEM).
     pub fn new(config: &Config, reason: String) -> io::Result<Epoll> {
-        // SAFETY: epoll_create1 takes no pointers; the result is checked before use.
+        // SAFETY: (FFI) epoll_create1 takes no pointers; the result is checked before use.
         let raw = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        // SAFETY: (FFI) `raw` is an fd that epoll_create1 just returned and nothing else owns.
         let epfd = unsafe { OwnedFd::from_raw_fd(raw) };
         let wake = WakeFd::new()?;
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
             u64: WAKE_TOKEN,
         };
-        // SAFETY: `ev` is a live epoll_event that the kernel copies; both fds are ours.
+        // SAFETY: (FFI) `ev` is a live epoll_event that the kernel copies; `raw` and the eventfd
+        // are open and ours.
         cvt(unsafe { libc::epoll_ctl(raw, libc::EPOLL_CTL_ADD, wake.fd(), &mut ev) })?;
         Ok(Epoll {
             info: BackendInfo {
@@ -235,15 +236,16 @@ impl Epoll {
     /// stays open elsewhere: `EPOLL_CTL_DEL` needs the number. Rare (a caller closed a watched
     /// fd without detaching it first); O(registered fds).
     fn rebuild_set(&mut self) -> io::Result<()> {
-        // SAFETY: epoll_create1 takes no pointers; the result is checked before use.
+        // SAFETY: (FFI) epoll_create1 takes no pointers; the result is checked before use.
         let raw = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        // SAFETY: (FFI) `raw` is an fd that epoll_create1 just returned and nothing else owns.
         let epfd = unsafe { OwnedFd::from_raw_fd(raw) };
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
             u64: WAKE_TOKEN,
         };
-        // SAFETY: `ev` is a live epoll_event that the kernel copies; both fds are ours.
+        // SAFETY: (FFI) `ev` is a live epoll_event that the kernel copies; `raw` and the eventfd
+        // are open and ours.
         cvt(unsafe { libc::epoll_ctl(raw, libc::EPOLL_CTL_ADD, self.wake.fd(), &mut ev) })?;
         let mut failed = std::mem::take(&mut self.scratch_fds);
         failed.clear();
@@ -252,7 +254,8 @@ impl Epoll {
                 events,
                 u64: fd as u64,
             };
-            // SAFETY: `ev` is a live epoll_event that the kernel copies.
+            // SAFETY: (FFI) `ev` is a live epoll_event that the kernel copies; a number that is no
+            // longer open only makes the call fail, which is handled below.
             if unsafe { libc::epoll_ctl(raw, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
                 failed.push(fd);
             }
@@ -280,9 +283,9 @@ impl Epoll {
     ///
     /// # Safety
     ///
-    /// Every pointer in `op` must stay valid (the memory unmoved and, for reads, not otherwise
-    /// accessed) and `op`'s fd must stay open until the final completion for the returned id has
-    /// been returned by [`Epoll::wait`] or [`Epoll::shutdown`] (I2, I3). For `Close`, the fd is
+    /// (I2, I3) Every pointer in `op` must stay valid (the memory unmoved and, for reads, not
+    /// otherwise accessed) and `op`'s fd must stay open until the final completion for the returned
+    /// id has been returned by [`Epoll::wait`] or [`Epoll::shutdown`]. For `Close`, the fd is
     /// transferred to the driver.
     pub unsafe fn push(&mut self, op: Op, user_data: u64) -> OpId {
         // `start` moves it on: to `Done` (finished at once), `Pool` or `Connecting`.
@@ -294,7 +297,8 @@ impl Epoll {
         if matches!(op, Op::Poll { .. }) {
             self.polls += 1;
         }
-        // SAFETY: the caller upholds I2/I3 for `op` until its final completion.
+        // SAFETY: (I2, I3) the caller of `push` keeps `op`'s memory valid and unmoved and its fd
+        // open until its final completion, which is what `start` requires.
         unsafe { self.start(id, op) };
         id
     }
@@ -450,7 +454,9 @@ impl Epoll {
     ///
     /// # Safety
     ///
-    /// As for [`Epoll::push`] (I2, I3).
+    /// (I2, I3) Every pointer in `op` must stay valid and unmoved, and `op`'s fd open, until the
+    /// final completion for `id` has been returned by [`Epoll::wait`] or [`Epoll::shutdown`] (the
+    /// contract of [`Epoll::push`]).
     unsafe fn start(&mut self, id: OpId, op: Op) {
         let fd = match op {
             Op::Nop => return self.finish(id, 0),
@@ -473,13 +479,16 @@ impl Epoll {
             }
             return;
         }
-        // SAFETY: the caller upholds I2/I3 for `op`.
+        // SAFETY: (I2, I3) the caller of `start` keeps `op`'s buffer and iovecs valid and its fd
+        // open; a zero-length read writes nothing.
         if let Some(r) = unsafe { syscalls::empty_read(&op) } {
             // read(2) of nothing answers at once, whatever the fd holds (as io_uring does).
             return self.finish(id, r);
         }
         match syscalls::route(&op, class) {
-            // SAFETY: the caller upholds I2/I3 for `op`.
+            // SAFETY: (I2, I3) the caller of `start` keeps `op`'s memory valid and its fd open
+            // until its final completion, which the pool produces only after the job has run or was
+            // taken out of the queue.
             Route::Pool => unsafe { self.send_to_pool(id, op) },
             Route::Wait(bits) => {
                 if matches!(op, Op::Accept { .. }) && !self.listening(fd) {
@@ -494,10 +503,14 @@ impl Epoll {
                     level: true,
                 };
                 let Some(queued) = self.queue_behind(fd, bits) else {
-                    // SAFETY: as for this call (I2/I3); the fd starts afresh.
+                    // SAFETY: (I2, I3) `op` is the operation our caller pushed, its memory valid
+                    // and its fd open until its final completion, which it has not had; the fd
+                    // starts afresh.
                     return unsafe { self.start(id, op) };
                 };
-                // SAFETY: the caller upholds I2/I3; `attempt` never blocks (see `syscalls`).
+                // SAFETY: (I2, I3, I5) the caller of `start` keeps `op`'s memory valid and its fd
+                // open until its final completion; `attempt` never blocks the loop thread (see
+                // `syscalls`).
                 if queued || unsafe { self.drive(id, class, false) } {
                     self.fds.add_waiter(fd, waiter);
                 }
@@ -506,7 +519,9 @@ impl Epoll {
                 // An older operation for the same direction goes first (order of completion =
                 // order of push for reads, and for writes, on one fd).
                 let Some(queued) = self.queue_behind(fd, bits) else {
-                    // SAFETY: as for this call (I2/I3); the fd starts afresh.
+                    // SAFETY: (I2, I3) `op` is the operation our caller pushed, its memory valid
+                    // and its fd open until its final completion, which it has not had; the fd
+                    // starts afresh.
                     return unsafe { self.start(id, op) };
                 };
                 let Some(entry) = self.fds.get_mut(fd) else {
@@ -517,7 +532,9 @@ impl Epoll {
                 // is waited for without a syscall that would say EAGAIN.
                 let known_not_ready =
                     entry.edge_triggered() && entry.ready & (bits | ERR_HUP | RDHUP) == 0;
-                // SAFETY: the caller upholds I2/I3; `attempt` never blocks (see `syscalls`).
+                // SAFETY: (I2, I3, I5) the caller of `start` keeps `op`'s memory valid and its fd
+                // open until its final completion; `attempt` never blocks the loop thread (see
+                // `syscalls`).
                 if queued || known_not_ready || unsafe { self.drive(id, class, false) } {
                     // A multishot accept may stop after a batch with connections left: it
                     // needs to hear again of what is still there.
@@ -613,7 +630,8 @@ impl Epoll {
     ///
     /// # Safety
     ///
-    /// `id`'s operation was pushed under I2/I3 and has no final completion yet.
+    /// (I2, I3) `id`'s operation was pushed with its memory valid and unmoved and its fd open until
+    /// its final completion, which it has not had yet.
     unsafe fn drive(&mut self, id: OpId, class: FdClass, ready: bool) -> bool {
         let Some(entry) = self.ops.get(id) else {
             return false;
@@ -628,10 +646,12 @@ impl Epoll {
             1
         };
         for _ in 0..rounds {
-            // SAFETY: I2/I3 hold for `op` (our caller's promise); `attempt` never blocks: it
-            // only reads blocking fds after readiness (`ready`) or with RWF_NOWAIT.
+            // SAFETY: (I2, I3, I5) `op`'s memory stays valid and its fd open until its final
+            // completion (our caller's promise); `attempt` never blocks the loop thread: it only
+            // reads blocking fds after readiness (`ready`) or with RWF_NOWAIT.
             let attempt = unsafe { syscalls::attempt(&op, class, ready, connecting) };
-            // SAFETY: I2 holds for `op`'s iovecs and msghdr (our caller's promise).
+            // SAFETY: (I2) `op`'s iovecs and msghdr stay valid until its final completion, which
+            // has not happened yet (our caller's promise).
             unsafe { self.note_attempt(&op, attempt) };
             if let (Op::Accept { .. }, Attempt::Done(new_fd)) = (&op, attempt) {
                 self.fresh_number(new_fd);
@@ -668,7 +688,7 @@ impl Epoll {
     ///
     /// # Safety
     ///
-    /// `op`'s iovecs and msghdr are valid for reads (I2).
+    /// (I2) `op`'s iovecs and msghdr are valid for reads.
     unsafe fn note_attempt(&mut self, op: &Op, attempt: Attempt) {
         let Some(fd) = op.fd() else {
             return;
@@ -686,7 +706,8 @@ impl Epoll {
                     Op::RecvMulti { .. } => crate::bufring::unpack(r).1 as i32,
                     _ => r,
                 };
-                // SAFETY: I2 for `op` (our caller's promise).
+                // SAFETY: (I2) `op`'s iovecs, msghdr and buffer ring are valid for reads (our
+                // caller's promise).
                 if let Some((bits, asked)) = unsafe { syscalls::stream_transfer(op) } {
                     if (n as usize) < asked {
                         entry.ready &= !bits;
@@ -701,14 +722,17 @@ impl Epoll {
     ///
     /// # Safety
     ///
-    /// `op` was pushed under I2/I3 and has no final completion yet.
+    /// (I2, I3) `op` was pushed with its memory valid and unmoved and its fd open until its final
+    /// completion, which it has not had yet.
     unsafe fn send_to_pool(&mut self, id: OpId, op: Op) {
-        // SAFETY: I2/I3 hold for `op`; a RWF_NOWAIT read does not block.
+        // SAFETY: (I2, I3, I5) `op`'s memory is valid and its fd open (our caller's promise); a
+        // RWF_NOWAIT read does not block the loop thread.
         if let Some(r) = unsafe { syscalls::file_read_nowait(&op) } {
             return self.finish(id, r);
         }
-        // SAFETY: I2/I3 hold until the final completion, which `collect_pool` produces only
-        // after the job has run, or `cancel` after it was taken out of the queue.
+        // SAFETY: (I2, I3) `op`'s memory stays valid and its fd open until its final completion,
+        // which `collect_pool` produces only after the job has run, or `cancel` after it was taken
+        // out of the queue.
         match unsafe { self.pool.submit(id, op) } {
             Ok(()) => {
                 self.set_state(id, State::Pool);
@@ -724,8 +748,8 @@ impl Epoll {
     /// `Op::Close`: ends what is still on the fd (a caller bug), forgets the fd, closes it.
     fn close(&mut self, id: OpId, fd: RawFd) {
         self.cancel_on_fd(fd, Some(id));
-        // SAFETY: the fd was transferred to us by the `Close` operation (I3: nothing of ours
-        // uses it any more: its operations were just cancelled and its registration removed).
+        // SAFETY: (I3, FFI) the fd was transferred to us by the `Close` operation and nothing of
+        // ours uses it any more: its operations were just cancelled and its registration removed.
         let r = unsafe { libc::close(fd) };
         self.finish(id, to_result(r as isize));
     }
@@ -781,7 +805,8 @@ impl Epoll {
                 }
             }
             op => {
-                // SAFETY: the operation was pushed under I2/I3 and is still in flight.
+                // SAFETY: (I2, I3) the operation was pushed with its memory valid and its fd open
+                // until its final completion, and it is still in flight.
                 unsafe { self.send_to_pool(w.id, op) };
                 false
             }
@@ -885,8 +910,10 @@ impl Epoll {
         if revents & (w.bits | ERR_HUP) == 0 || *used & w.bits != 0 {
             return true;
         }
-        // SAFETY: the operation was pushed under I2/I3 and is still in flight; the fd has just
-        // reported readiness, so a blocking fd is read at most once here (see `used`).
+        // SAFETY: (I2, I3, I5) the operation was pushed with its memory valid and its fd open until
+        // its final completion, and it is still in flight; the fd has just reported readiness, so a
+        // blocking fd is read at most once here (see `used`) and the read does not block the loop
+        // thread.
         let mut keep = unsafe { self.drive(w.id, class, true) };
         if keep && revents & w.bits == 0 && revents & ERR_HUP != 0 {
             // A hang-up (or error) without the readiness the operation needs, and the syscall

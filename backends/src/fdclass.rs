@@ -50,12 +50,13 @@ impl FdClass {
     ///
     /// `EBADF` for a closed fd; errors creating the epoll set.
     pub fn can_poll(fd: RawFd) -> io::Result<bool> {
-        // SAFETY: epoll_create1 takes no pointers; the result is checked.
+        // SAFETY: (FFI) epoll_create1 takes no pointers; the result is checked.
         let ep = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: `ep` is a fresh fd that nothing else owns; OwnedFd closes it on every path.
+        // SAFETY: (FFI) `ep` is an fd that epoll_create1 just returned and nothing else owns;
+        // OwnedFd closes it on every path.
         let ep = unsafe { std::os::fd::OwnedFd::from_raw_fd(ep) };
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+        // SAFETY: (FFI) `ev` is a valid epoll_event for the duration of the call.
         let r = unsafe {
             libc::epoll_ctl(
                 std::os::fd::AsRawFd::as_raw_fd(&ep),
@@ -75,7 +76,7 @@ impl FdClass {
     /// and ttys, which give `ESPIPE`. (io_uring silently ignores the offset on such files and
     /// reads the stream instead; the drivers use this to answer `ESPIPE` on both backends.)
     pub fn is_seekable(fd: RawFd) -> bool {
-        // SAFETY: lseek takes no pointers; SEEK_CUR with offset 0 does not move the position.
+        // SAFETY: (FFI) lseek takes no pointers; SEEK_CUR with offset 0 does not move the position.
         let pos = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
         pos != -1 || io::Error::last_os_error().raw_os_error() != Some(libc::ESPIPE)
     }
@@ -108,9 +109,9 @@ pub(crate) struct Probe {
 /// `fstat` of `fd`.
 fn stat(fd: RawFd) -> io::Result<libc::stat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `st` is a writable `stat` buffer that lives across the call.
+    // SAFETY: (FFI) `st` is a writable `stat` buffer that lives across the call.
     cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded, so it filled `st`.
+    // SAFETY: (FFI) fstat succeeded, so it filled `st`.
     Ok(unsafe { st.assume_init() })
 }
 
@@ -146,13 +147,13 @@ pub(crate) fn probe(fd: RawFd) -> io::Result<Probe> {
 
 /// The class of `fd`, whose `fstat` is `st` (one `fcntl`, plus `isatty` for character devices).
 fn classify(fd: RawFd, st: &libc::stat) -> io::Result<FdClass> {
-    // SAFETY: F_GETFL takes no pointer argument.
+    // SAFETY: (FFI) F_GETFL takes no pointer argument.
     let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
     let nonblocking = flags & libc::O_NONBLOCK != 0;
     Ok(match st.st_mode & libc::S_IFMT {
         libc::S_IFREG | libc::S_IFBLK | libc::S_IFDIR => FdClass::File,
         libc::S_IFSOCK => FdClass::Socket { nonblocking },
-        // SAFETY: isatty only inspects the fd.
+        // SAFETY: (FFI) isatty only inspects the fd.
         libc::S_IFCHR if unsafe { libc::isatty(fd) } == 1 => FdClass::Tty { nonblocking },
         _ => FdClass::Stream { nonblocking },
     })
@@ -162,7 +163,7 @@ fn classify(fd: RawFd, st: &libc::stat) -> io::Result<FdClass> {
 fn socket_type(fd: RawFd) -> Option<i32> {
     let mut ty: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `ty` and `len` are live locals of the sizes getsockopt is told about.
+    // SAFETY: (FFI) `ty` and `len` are live locals of the sizes getsockopt is told about.
     let r = unsafe {
         libc::getsockopt(
             fd,

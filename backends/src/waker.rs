@@ -17,10 +17,10 @@ pub(crate) struct WakeFd {
 
 impl WakeFd {
     pub(crate) fn new() -> io::Result<Arc<WakeFd>> {
-        // SAFETY: eventfd takes no pointers; the result is checked before use.
+        // SAFETY: (FFI) eventfd takes no pointers; the result is checked before use.
         let raw = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
         Ok(Arc::new(WakeFd {
-            // SAFETY: `raw` is a fresh fd that nothing else owns.
+            // SAFETY: (FFI) `raw` is an fd that eventfd just returned and nothing else owns.
             fd: unsafe { OwnedFd::from_raw_fd(raw) },
             pending: AtomicBool::new(false),
         }))
@@ -39,7 +39,7 @@ impl WakeFd {
     /// closures, signal flags) after draining, and that `wake` published its state first.
     pub(crate) fn drain(&self) {
         let mut v = 0u64;
-        // SAFETY: `v` is a live 8-byte buffer for the duration of the call; the fd is ours.
+        // SAFETY: (FFI) `v` is a live 8-byte buffer for the duration of the call; the fd is ours.
         unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
         self.pending.store(false, Ordering::SeqCst);
     }
@@ -62,8 +62,8 @@ impl WakeFd {
     pub(crate) fn wake(&self) {
         if !self.pending.swap(true, Ordering::SeqCst) {
             let v = 1u64;
-            // SAFETY: `v` is a live 8-byte buffer for the duration of the call; the fd is ours.
-            // EAGAIN (counter saturated) still leaves the fd readable, which is all we need.
+            // SAFETY: (FFI) `v` is a live 8-byte buffer for the duration of the call; the fd is
+            // ours. EAGAIN (counter saturated) still leaves the fd readable, which is all we need.
             unsafe { libc::write(self.fd.as_raw_fd(), (&v as *const u64).cast(), 8) };
         }
     }

@@ -123,7 +123,8 @@ fn pipe_round_trip(driver: Driver) {
     let mut buf = [0u8; 16];
     let msg = b"round trip";
     let mut h = Harness::from_driver(driver);
-    // SAFETY: `buf`, `msg` and the pipe are declared before the harness.
+    // SAFETY: (I2, I3) `buf`, `msg` and the pipe are declared before the harness, so they outlive
+    // the read's final completion.
     let rt = unsafe {
         h.push(Op::Read {
             fd: r.as_raw_fd(),
@@ -133,7 +134,8 @@ fn pipe_round_trip(driver: Driver) {
         })
     };
     h.expect_quiet(rt, ms(20), "empty pipe");
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `buf`, `msg` and the pipe are declared before the harness, so they outlive
+    // the write's final completion.
     let wt = unsafe {
         h.push(Op::Write {
             fd: w.as_raw_fd(),

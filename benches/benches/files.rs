@@ -215,7 +215,7 @@ fn direct(c: &mut Criterion) {
                     .offset(off)
                     .build()
                     .user_data(i as u64);
-                // SAFETY: the page stays alive and untouched until its completion is reaped
+                // SAFETY: (I2) the page stays alive and untouched until its completion is reaped
                 // (every read is reaped before this closure's caller returns).
                 unsafe { ring.submission().push(&e).expect("sq room") };
             };

@@ -69,7 +69,8 @@ impl CpuTime {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the kernel knows.
+        // SAFETY: (FFI) `ts` is a valid, writable timespec; the clock id is a constant the kernel
+        // knows.
         let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
         assert_eq!(r, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
         CpuTime(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))

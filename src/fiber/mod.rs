@@ -144,7 +144,9 @@ impl<T> JoinHandle<T> {
         };
         if let Some(cur) = current() {
             if !self.state.finished.get() {
-                // SAFETY: set by the loop that resumed the running fiber; valid while it runs.
+                // SAFETY: (I7) the loop set `cur.lp` when it resumed the running fiber, on this
+                // thread, and the `Loop` stays in place while that fiber runs: fibers and the
+                // `Loop` never leave the loop's thread.
                 let own = Rc::downgrade(&unsafe { &*cur.lp }.inner);
                 while !self.state.finished.get() && !cur.closing && !closed(&self.inner) {
                     let mut waiter = self.state.waiter.borrow_mut();
@@ -313,8 +315,9 @@ pub fn in_fiber() -> bool {
 /// Outside a fiber.
 pub fn with_loop<R>(f: impl FnOnce(&Loop) -> R) -> R {
     let cur = scheduler::current_or_panic("fdloop::fiber::with_loop");
-    // SAFETY: the loop set this pointer when it resumed the running fiber; it stays valid
-    // while the fiber runs, and `f` cannot keep the reference beyond this call.
+    // SAFETY: (I7) the loop set `cur.lp` when it resumed the running fiber, on this thread, and the
+    // `Loop` stays in place while that fiber runs (fibers and the `Loop` never leave the loop's
+    // thread); `f` cannot keep the reference beyond this call.
     f(unsafe { &*cur.lp })
 }
 
@@ -367,7 +370,9 @@ fn sleep_until_ns(deadline: u64) {
     impl Drop for StopOnUnwind {
         fn drop(&mut self) {
             if let Some(cur) = current() {
-                // SAFETY: set by the loop for the fiber being run or unwound.
+                // SAFETY: (I7) the loop set `cur.lp` for the fiber it is running or unwinding, on
+                // this thread, and the `Loop` stays in place until that ends: fibers and the `Loop`
+                // never leave the loop's thread.
                 let lp = unsafe { &*cur.lp };
                 let _ = lp.stop_timer(self.0);
             }

@@ -50,8 +50,8 @@ pub(crate) fn read(
         len: len(buf.len()),
         offset,
     };
-    // SAFETY: `buf` is borrowed for this whole call, and `fiber_io` returns (or unwinds) only
-    // after the final completion (I2).
+    // SAFETY: (I2, I3) `buf` is borrowed for this whole call, and `fiber_io` returns (or unwinds)
+    // only after the final completion; `fd` is the caller's, open for the whole call.
     result(unsafe { fiber_io(op, timeout) })
 }
 
@@ -68,7 +68,8 @@ pub(crate) fn write(
         len: len(buf.len()),
         offset,
     };
-    // SAFETY: as in `read` (I2).
+    // SAFETY: (I2, I3) `buf` is borrowed for this whole call, and `fiber_io` returns (or unwinds)
+    // only after the final completion; `fd` is the caller's, open for the whole call.
     result(unsafe { fiber_io(op, timeout) })
 }
 
@@ -86,7 +87,9 @@ pub(crate) fn readv(
         iovcnt: bufs.len().min(libc::UIO_MAXIOV as usize) as u32,
         offset,
     };
-    // SAFETY: `bufs` and the memory it points to are borrowed for this whole call (I2).
+    // SAFETY: (I2, I3) `bufs` and the memory it points to are borrowed for this whole call, and
+    // `fiber_io` returns (or unwinds) only after the final completion; `fd` is the caller's, open
+    // for the whole call.
     result(unsafe { fiber_io(op, timeout) })
 }
 
@@ -104,7 +107,9 @@ pub(crate) fn writev(
         iovcnt: bufs.len().min(libc::UIO_MAXIOV as usize) as u32,
         offset,
     };
-    // SAFETY: `bufs` and the memory it points to are borrowed for this whole call (I2).
+    // SAFETY: (I2, I3) `bufs` and the memory it points to are borrowed for this whole call, and
+    // `fiber_io` returns (or unwinds) only after the final completion; `fd` is the caller's, open
+    // for the whole call.
     result(unsafe { fiber_io(op, timeout) })
 }
 
@@ -121,7 +126,8 @@ pub(crate) fn recv(
         len: len(buf.len()),
         flags,
     };
-    // SAFETY: as in `read` (I2).
+    // SAFETY: (I2, I3) `buf` is borrowed for this whole call, and `fiber_io` returns (or unwinds)
+    // only after the final completion; `fd` is the caller's, open for the whole call.
     result(unsafe { fiber_io(op, timeout) })
 }
 
@@ -138,7 +144,8 @@ pub(crate) fn send(
         len: len(buf.len()),
         flags,
     };
-    // SAFETY: as in `read` (I2).
+    // SAFETY: (I2, I3) `buf` is borrowed for this whole call, and `fiber_io` returns (or unwinds)
+    // only after the final completion; `fd` is the caller's, open for the whole call.
     result(unsafe { fiber_io(op, timeout) })
 }
 
@@ -147,7 +154,7 @@ pub(crate) fn send(
 ///
 /// # Safety
 ///
-/// `msg` and everything it points to must be valid for the whole call; `orphan` may only use
+/// (I2) `msg` and everything it points to must be valid for the whole call; `orphan` may only use
 /// memory that outlives the call.
 pub(crate) unsafe fn recvmsg(
     fd: RawFd,
@@ -157,7 +164,9 @@ pub(crate) unsafe fn recvmsg(
     orphan: Option<&dyn Fn(i32)>,
 ) -> io::Result<usize> {
     let op = Op::RecvMsg { fd, msg, flags };
-    // SAFETY: the caller keeps `msg` and its buffers valid for this call (I2).
+    // SAFETY: (I2, I3) the caller keeps `msg` and its buffers valid for this call, and
+    // `fiber_io_adopting` returns (or unwinds) only after the final completion; `fd` is the
+    // caller's, open for the whole call.
     result(unsafe { fiber_io_adopting(op, timeout, orphan) })
 }
 
@@ -165,7 +174,7 @@ pub(crate) unsafe fn recvmsg(
 ///
 /// # Safety
 ///
-/// `msg` and everything it points to must be valid for the whole call.
+/// (I2) `msg` and everything it points to must be valid for the whole call.
 pub(crate) unsafe fn sendmsg(
     fd: RawFd,
     msg: &libc::msghdr,
@@ -173,7 +182,9 @@ pub(crate) unsafe fn sendmsg(
     timeout: Option<Duration>,
 ) -> io::Result<usize> {
     let op = Op::SendMsg { fd, msg, flags };
-    // SAFETY: the caller keeps `msg` and its buffers valid for this call (I2).
+    // SAFETY: (I2, I3) the caller keeps `msg` and its buffers valid for this call, and `fiber_io`
+    // returns (or unwinds) only after the final completion; `fd` is the caller's, open for the
+    // whole call.
     result(unsafe { fiber_io(op, timeout) })
 }
 
@@ -183,7 +194,7 @@ pub(crate) fn accept(
     flags: i32,
     timeout: Option<Duration>,
 ) -> io::Result<(RawFd, libc::sockaddr_storage, libc::socklen_t)> {
-    // SAFETY: sockaddr_storage is plain old data; zero is a valid value.
+    // SAFETY: (FFI) sockaddr_storage is plain old data; zero is a valid value.
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut addrlen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     let op = Op::Accept {
@@ -195,12 +206,14 @@ pub(crate) fn accept(
     };
     let close_orphan = |fd: i32| {
         if fd >= 0 {
-            // SAFETY: the accept won the race with the unwinding fiber's cancellation; the new
-            // fd belongs to nobody else.
+            // SAFETY: (FFI) the accept won the race with the unwinding fiber's cancellation; the
+            // new fd, which the kernel just created, belongs to nobody else.
             drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
         }
     };
-    // SAFETY: `addr` and `addrlen` live in this frame, which outlives the operation (I2).
+    // SAFETY: (I2, I3) `addr` and `addrlen` live in this frame, which outlives the operation:
+    // `fiber_io_adopting` returns (or unwinds) only after the final completion; `fd` is the
+    // caller's, open for the whole call.
     let fd = result(unsafe { fiber_io_adopting(op, timeout, Some(&close_orphan)) })?;
     Ok((fd as RawFd, addr, addrlen))
 }
@@ -213,7 +226,8 @@ pub(crate) fn connect(
     timeout: Option<Duration>,
 ) -> io::Result<()> {
     let op = Op::Connect { fd, addr, addrlen };
-    // SAFETY: `addr` is borrowed for this whole call (I2).
+    // SAFETY: (I2, I3) `addr` is borrowed for this whole call, and `fiber_io` returns (or unwinds)
+    // only after the final completion; `fd` is the caller's, open for the whole call.
     match unsafe { fiber_io(op, timeout) } {
         r if r == -libc::ETIME => Err(io::Error::new(
             io::ErrorKind::TimedOut,
@@ -230,13 +244,15 @@ pub(crate) fn poll(fd: RawFd, events: u32, timeout: Option<Duration>) -> io::Res
         events: events | interest::ERROR | interest::HUP,
         multishot: false,
     };
-    // SAFETY: a poll references no memory (I2 trivially).
+    // SAFETY: (I2, I3) a poll references no memory; `fd` is the caller's, open for the whole call,
+    // and `fiber_io` returns (or unwinds) only after the final completion.
     result(unsafe { fiber_io(op, timeout) }).map(|r| r as u32)
 }
 
 /// `fsync(2)` / `fdatasync(2)`.
 pub(crate) fn fsync(fd: RawFd, datasync: bool) -> io::Result<()> {
     let op = Op::Fsync { fd, datasync };
-    // SAFETY: references no memory (I2 trivially).
+    // SAFETY: (I2, I3) an fsync references no memory; `fd` is the caller's, open for the whole
+    // call, and `fiber_io` returns (or unwinds) only after the final completion.
     result(unsafe { fiber_io(op, None) }).map(drop)
 }

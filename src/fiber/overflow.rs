@@ -115,7 +115,7 @@ fn in_guard(addr: usize) -> bool {
 }
 
 fn page_size() -> usize {
-    // SAFETY: sysconf takes no pointers.
+    // SAFETY: (FFI) sysconf takes no pointers.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(n).unwrap_or(UNIT).max(UNIT)
 }
@@ -148,8 +148,9 @@ impl Drop for GuardedStack {
     }
 }
 
-// SAFETY: every method forwards to `DefaultStack`, which upholds the trait's contract (a guard
-// page and at least MIN_STACK_SIZE usable bytes); the wrapper changes nothing about the memory.
+// SAFETY: (FFI) every method forwards to `DefaultStack`, which upholds the trait's contract (a
+// guard page and at least MIN_STACK_SIZE usable bytes); the wrapper changes nothing about the
+// memory.
 unsafe impl Stack for GuardedStack {
     #[inline]
     fn base(&self) -> StackPointer {
@@ -169,7 +170,7 @@ struct SavedAction {
     action: UnsafeCell<MaybeUninit<libc::sigaction>>,
 }
 
-// SAFETY: `action` is written once, inside `INSTALL.call_once`, before `ready` is set with
+// SAFETY: (FFI) `action` is written once, inside `INSTALL.call_once`, before `ready` is set with
 // Release ordering; it is only read after `ready` has been seen true with Acquire ordering, and
 // never written again.
 unsafe impl Sync for SavedAction {}
@@ -185,7 +186,7 @@ impl SavedAction {
     /// The saved action, once it has been saved. Async-signal-safe.
     fn get(&self) -> Option<&libc::sigaction> {
         if self.ready.load(Ordering::Acquire) {
-            // SAFETY: initialised before `ready` was set, and immutable since (see `Sync`).
+            // SAFETY: (FFI) initialised before `ready` was set, and immutable since (see `Sync`).
             Some(unsafe { (*self.action.get()).assume_init_ref() })
         } else {
             None
@@ -211,23 +212,23 @@ fn install_handler() {
     INSTALL.call_once(|| {
         for (sig, slot) in [(libc::SIGSEGV, &PREV_SEGV), (libc::SIGBUS, &PREV_BUS)] {
             let mut old = MaybeUninit::<libc::sigaction>::zeroed();
-            // SAFETY: a null new action only queries; `old` is writable memory for one
+            // SAFETY: (FFI) a null new action only queries; `old` is writable memory for one
             // sigaction.
             if unsafe { libc::sigaction(sig, ptr::null(), old.as_mut_ptr()) } != 0 {
                 continue;
             }
-            // SAFETY: we are inside `call_once`: nobody else writes `slot.action`, and no
+            // SAFETY: (FFI) we are inside `call_once`: nobody else writes `slot.action`, and no
             // reader looks at it before `ready` is set below.
             unsafe { (*slot.action.get()).write(old.assume_init()) };
             slot.ready.store(true, Ordering::Release);
 
-            // SAFETY: all-zero is a valid sigaction (empty mask, no flags).
+            // SAFETY: (FFI) all-zero is a valid sigaction (empty mask, no flags).
             let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
             new.sa_sigaction = on_fault as *const () as usize;
             new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-            // SAFETY: `new.sa_mask` is a live sigset_t.
+            // SAFETY: (FFI) `new.sa_mask` is a live sigset_t.
             unsafe { libc::sigemptyset(&mut new.sa_mask) };
-            // SAFETY: `new` is a fully initialised sigaction whose handler has the SA_SIGINFO
+            // SAFETY: (FFI) `new` is a fully initialised sigaction whose handler has the SA_SIGINFO
             // signature; the old action is not needed (saved above).
             unsafe { libc::sigaction(sig, &new, ptr::null_mut()) };
         }
@@ -242,13 +243,13 @@ LoopBuilder::stack_size\n";
 /// Writes all of `buf` to stderr with write(2). Async-signal-safe.
 fn write_stderr(mut buf: &[u8]) {
     while !buf.is_empty() {
-        // SAFETY: write(2) is async-signal-safe; `buf` is live for `buf.len()` bytes.
+        // SAFETY: (FFI) write(2) is async-signal-safe; `buf` is live for `buf.len()` bytes.
         let n = unsafe { libc::write(libc::STDERR_FILENO, buf.as_ptr().cast(), buf.len()) };
         if n > 0 {
             buf = &buf[n as usize..];
             continue;
         }
-        // SAFETY: errno is thread-local; reading it is async-signal-safe.
+        // SAFETY: (FFI) errno is thread-local; reading it is async-signal-safe.
         let errno = unsafe { *libc::__errno_location() };
         if n == 0 || errno != libc::EINTR {
             return;
@@ -273,12 +274,12 @@ fn hex(addr: usize, out: &mut [u8; 2 * size_of::<usize>()]) -> &[u8] {
 }
 
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: errno is thread-local; reading and restoring it is async-signal-safe.
+    // SAFETY: (FFI) errno is thread-local; reading and restoring it is async-signal-safe.
     let errno = unsafe { *libc::__errno_location() };
     let addr = if info.is_null() {
         0
     } else {
-        // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler; for SIGSEGV and
+        // SAFETY: (FFI) the kernel passes a valid siginfo to an SA_SIGINFO handler; for SIGSEGV and
         // SIGBUS `si_addr` is the faulting address.
         unsafe { (*info).si_addr() as usize }
     };
@@ -287,11 +288,11 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
         write_stderr(MSG_HEAD);
         write_stderr(hex(addr, &mut digits));
         write_stderr(MSG_TAIL);
-        // SAFETY: abort(3) is async-signal-safe; the fiber cannot continue without a stack.
+        // SAFETY: (FFI) abort(3) is async-signal-safe; the fiber cannot continue without a stack.
         unsafe { libc::abort() };
     }
     chain(sig, info, ctx);
-    // SAFETY: as above.
+    // SAFETY: (FFI) errno is thread-local; restoring the value read on entry is async-signal-safe.
     unsafe { *libc::__errno_location() = errno };
 }
 
@@ -305,26 +306,26 @@ fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
         // Put the old disposition back and return: the faulting instruction runs again and
         // the kernel applies it (for a real fault, that kills the process with this signal).
-        // SAFETY: sigaction(2) is async-signal-safe; `prev` is a complete saved sigaction.
+        // SAFETY: (FFI) sigaction(2) is async-signal-safe; `prev` is a complete saved sigaction.
         if unsafe { libc::sigaction(sig, prev, ptr::null_mut()) } != 0 {
             reset_default(sig);
         }
     } else if prev.sa_flags & libc::SA_SIGINFO != 0 {
-        // SAFETY: the previous owner installed this address with SA_SIGINFO, so it is a
-        // function with this signature; we call it with the arguments the kernel gave us, as
-        // the kernel would have.
+        // SAFETY: (FFI) the previous owner installed this address with SA_SIGINFO, so it is a
+        // function with this signature; we call it with the arguments the kernel gave us, as the
+        // kernel would have.
         let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
             unsafe { std::mem::transmute::<usize, _>(handler) };
         f(sig, info, ctx);
     } else {
-        // SAFETY: without SA_SIGINFO the previous handler has the one-argument signature.
+        // SAFETY: (FFI) without SA_SIGINFO the previous handler has the one-argument signature.
         let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute::<usize, _>(handler) };
         f(sig);
     }
 }
 
 fn reset_default(sig: libc::c_int) {
-    // SAFETY: signal(2) with SIG_DFL is async-signal-safe (it is sigaction underneath).
+    // SAFETY: (FFI) signal(2) with SIG_DFL is async-signal-safe (it is sigaction underneath).
     unsafe { libc::signal(sig, libc::SIG_DFL) };
 }
 
@@ -342,9 +343,9 @@ struct AltStack {
 impl Drop for AltStack {
     fn drop(&mut self) {
         let mut cur = MaybeUninit::<libc::stack_t>::zeroed();
-        // SAFETY: a null new stack only queries; `cur` is writable memory for one stack_t.
+        // SAFETY: (FFI) a null new stack only queries; `cur` is writable memory for one stack_t.
         let queried = unsafe { libc::sigaltstack(ptr::null(), cur.as_mut_ptr()) } == 0;
-        // SAFETY: zero-initialised and possibly filled in by the kernel: a valid stack_t.
+        // SAFETY: (FFI) zero-initialised and possibly filled in by the kernel: a valid stack_t.
         let cur = unsafe { cur.assume_init() };
         if !queried || cur.ss_sp != self.sp {
             // Someone replaced it meanwhile; leaking the mapping is safer than unmapping a
@@ -356,10 +357,11 @@ impl Drop for AltStack {
             ss_flags: libc::SS_DISABLE,
             ss_size: 0,
         };
-        // SAFETY: disables this thread's alternate signal stack (ours); no handler runs on it
+        // SAFETY: (FFI) disables this thread's alternate signal stack (ours); no handler runs on it
         // now, since we are running on the thread's normal stack.
         if unsafe { libc::sigaltstack(&off, ptr::null_mut()) } == 0 {
-            // SAFETY: `map`/`len` is the mapping created in `ensure_altstack`, no longer in use.
+            // SAFETY: (FFI) `map`/`len` is the mapping created in `ensure_altstack`, no longer in
+            // use.
             unsafe { libc::munmap(self.map, self.len) };
         }
     }
@@ -380,23 +382,23 @@ pub(crate) fn ensure_altstack() {
         return;
     }
     let mut cur = MaybeUninit::<libc::stack_t>::zeroed();
-    // SAFETY: a null new stack only queries; `cur` is writable memory for one stack_t.
+    // SAFETY: (FFI) a null new stack only queries; `cur` is writable memory for one stack_t.
     if unsafe { libc::sigaltstack(ptr::null(), cur.as_mut_ptr()) } != 0 {
         return;
     }
-    // SAFETY: zero-initialised and filled in by the kernel: a valid stack_t.
+    // SAFETY: (FFI) zero-initialised and filled in by the kernel: a valid stack_t.
     let cur = unsafe { cur.assume_init() };
     if cur.ss_flags & libc::SS_DISABLE == 0 {
         return;
     }
     let page = page_size();
-    // SAFETY: getauxval takes no pointers; it returns 0 for an unknown entry.
+    // SAFETY: (FFI) getauxval takes no pointers; it returns 0 for an unknown entry.
     let min = unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) } as usize;
     let size = ALT_STACK_SIZE
         .max(min.saturating_mul(4))
         .next_multiple_of(page);
     let len = size + page;
-    // SAFETY: an anonymous private mapping at an address of the kernel's choosing.
+    // SAFETY: (FFI) an anonymous private mapping at an address of the kernel's choosing.
     let map = unsafe {
         libc::mmap(
             ptr::null_mut(),
@@ -410,19 +412,19 @@ pub(crate) fn ensure_altstack() {
     if map == libc::MAP_FAILED {
         return;
     }
-    // SAFETY: the lowest page of the mapping we just created becomes the guard page.
+    // SAFETY: (FFI) the lowest page of the mapping we just created becomes the guard page.
     let guarded = unsafe { libc::mprotect(map, page, libc::PROT_NONE) } == 0;
-    // SAFETY: `page` is within the `len`-byte mapping.
+    // SAFETY: (FFI) `page` is within the `len`-byte mapping.
     let sp = unsafe { map.cast::<u8>().add(page).cast::<libc::c_void>() };
     let new = libc::stack_t {
         ss_sp: sp,
         ss_flags: 0,
         ss_size: size,
     };
-    // SAFETY: `sp..sp + size` is readable and writable and stays mapped until the `AltStack`
+    // SAFETY: (FFI) `sp..sp + size` is readable and writable and stays mapped until the `AltStack`
     // below is dropped at thread exit, which disables it first.
     if !guarded || unsafe { libc::sigaltstack(&new, ptr::null_mut()) } != 0 {
-        // SAFETY: our own mapping, not installed anywhere.
+        // SAFETY: (FFI) our own mapping, not installed anywhere.
         unsafe { libc::munmap(map, len) };
         return;
     }

@@ -66,19 +66,19 @@ impl CellPtr {
 
     /// The cell, mutably: for a cell in the pool or being set up for a new fiber.
     fn cell_mut(&mut self) -> &mut CoCell {
-        // SAFETY: the pointer came from `Box::leak` in `CellPtr::new` and is owned by this
-        // `CellPtr` alone; `&mut self` is that owner's exclusive access, and callers use it
-        // only for cells that no slot holds (pooled, or not yet inserted), so no fiber runs
-        // from the cell and no other reference to it exists.
+        // SAFETY: (FFI) the pointer came from `Box::leak` in `CellPtr::new` and is owned by this
+        // `CellPtr` alone; `&mut self` is that owner's exclusive access, and callers use it only
+        // for cells that no slot holds (pooled, or not yet inserted), so no fiber runs from the
+        // cell and no other reference to it exists.
         unsafe { self.0.as_mut() }
     }
 }
 
 impl Drop for CellPtr {
     fn drop(&mut self) {
-        // SAFETY: the pointer came from `Box::leak` in `CellPtr::new` and is owned by this
-        // `CellPtr` alone, and no fiber runs from the cell (a slot is removed only once its
-        // fiber has returned or been unwound, or when the loop's state is dropped).
+        // SAFETY: (FFI) the pointer came from `Box::leak` in `CellPtr::new` and is owned by this
+        // `CellPtr` alone, and no fiber runs from the cell (a slot is removed only once its fiber
+        // has returned or been unwound, or when the loop's state is dropped).
         drop(unsafe { Box::from_raw(self.0.as_ptr()) });
     }
 }
@@ -89,10 +89,9 @@ pub(crate) struct Slot {
 
 impl Slot {
     fn cell(&self) -> &CoCell {
-        // SAFETY: the slot owns the cell (see `CellPtr`), so it is live for as long as `self`
-        // is borrowed. A shared reference is sound even while the scheduler holds the
-        // coroutine mutably: that goes through the `UnsafeCell` field, and every other field
-        // is a `Cell`.
+        // SAFETY: (FFI) the slot owns the cell (see `CellPtr`), so it is live for as long as `self`
+        // is borrowed. A shared reference is sound even while the scheduler holds the coroutine
+        // mutably: that goes through the `UnsafeCell` field, and every other field is a `Cell`.
         unsafe { self.co.0.as_ref() }
     }
 }
@@ -239,8 +238,8 @@ pub(crate) fn suspend_current(cur: &Current) {
         !cur.closing,
         "a fiber must not block while its loop is closing"
     );
-    // SAFETY: the yielder lives on this fiber's own stack, which is the stack we are running
-    // on; it is valid for as long as this fiber runs.
+    // SAFETY: (I7) the yielder lives on this fiber's own stack, which is the stack we are running
+    // on, on the loop's thread; it is valid for as long as this fiber runs.
     let yielder = unsafe { &*cur.yielder };
     yielder.suspend(());
 }
@@ -353,11 +352,12 @@ impl Loop {
                     (id, slot.co.0, c.yielder.get(), false)
                 }
             };
-            // SAFETY: the cell belongs to the live slot `id` and stays where it is until the
-            // slot is removed, which happens below, after the fiber returned (or when the loop
+            // SAFETY: (I7, FFI) the cell belongs to the live slot `id` and stays where it is until
+            // the slot is removed, which happens below, after the fiber returned (or when the loop
             // closes, never while one of its fibers runs). Nothing else reaches the coroutine
-            // inside: the scheduler is its only user, and a fiber is never resumed while it
-            // runs (a loop's `run` does not nest, so neither does this phase for one loop).
+            // inside: the scheduler, on the loop's own thread, is its only user, and a fiber is
+            // never resumed while it runs (a loop's `run` does not nest, so neither does this phase
+            // for one loop).
             let Some(co) = (unsafe { &mut *cell.as_ref().co.get() }) else {
                 continue;
             };
@@ -376,8 +376,8 @@ impl Loop {
             let yielded = YIELDED.with(|y| y.replace(false));
             match outcome {
                 CoroutineResult::Yield(()) => {
-                    // SAFETY: the fiber suspended, so its slot (the cell's owner) is still there;
-                    // only `Cell` fields are touched.
+                    // SAFETY: (FFI) the fiber suspended, so its slot (the cell's owner) is still
+                    // there; only `Cell` fields are touched.
                     let c = unsafe { cell.as_ref() };
                     if yielder.is_null() {
                         // First suspension: keep the yielder the fiber published.
@@ -463,11 +463,12 @@ impl Loop {
 ///
 /// # Safety
 ///
-/// Memory and the fd that `op` references must stay valid until this function returns or
-/// unwinds. Memory on the calling fiber's stack qualifies: the guard in this function keeps
-/// the fiber's stack alive until the final completion (I2), even when the fiber is unwound.
+/// (I2, I3) Memory and the fd that `op` references must stay valid until this function returns or
+/// unwinds. Memory on the calling fiber's stack qualifies: the guard in this function keeps the
+/// fiber's stack alive until the final completion, even when the fiber is unwound.
 pub(crate) unsafe fn fiber_io(op: Op, timeout: Option<Duration>) -> i32 {
-    // SAFETY: forwarded from this function's contract.
+    // SAFETY: (I2, I3) the caller keeps the memory and the fd that `op` references valid until this
+    // function returns or unwinds, which is what `fiber_io_adopting` requires.
     unsafe { fiber_io_adopting(op, timeout, None) }
 }
 
@@ -477,7 +478,9 @@ pub(crate) unsafe fn fiber_io(op: Op, timeout: Option<Duration>) -> i32 {
 ///
 /// # Safety
 ///
-/// As for [`fiber_io`]; `orphan` may only use memory that outlives this call.
+/// (I2, I3) Memory and the fd that `op` references must stay valid until this function returns or
+/// unwinds (memory on the calling fiber's stack qualifies, see [`fiber_io`]); `orphan` may only use
+/// memory that outlives this call.
 pub(crate) unsafe fn fiber_io_adopting(
     op: Op,
     timeout: Option<Duration>,
@@ -487,11 +490,13 @@ pub(crate) unsafe fn fiber_io_adopting(
     if cur.closing {
         return -libc::ECANCELED;
     }
-    // SAFETY: `cur.lp` was set by the loop when it resumed this fiber and stays valid while
-    // the fiber runs.
+    // SAFETY: (I7) `cur.lp` was set by the loop when it resumed this fiber, on this thread, and the
+    // `Loop` stays in place while the fiber runs: fibers and the `Loop` never leave the loop's
+    // thread.
     let lp = unsafe { &*cur.lp };
-    // SAFETY: forwarded from this function's contract; the guard below waits for the final
-    // completion on every path out of this function (I2, I3).
+    // SAFETY: (I2, I3) the caller keeps the memory and the fd that `op` references valid until this
+    // function returns or unwinds, and the guard below waits for the final completion on every path
+    // out of this function, keeping the fiber's stack alive until then.
     let key = unsafe { lp.push_op(op, OpKind::Fiber(cur.fiber)) };
     let mut guard = InFlight {
         inner: lp.inner.clone(),
@@ -513,7 +518,8 @@ pub(crate) unsafe fn fiber_io_adopting(
     drop(guard);
     // Re-read the loop: the fiber may have been resumed by a `run` on a moved `Loop`.
     let cur = current_or_panic("fdloop fiber I/O");
-    // SAFETY: as above, valid while the fiber runs.
+    // SAFETY: (I7) `cur.lp` was re-read from the running fiber: the loop set it when it resumed
+    // this fiber, on this thread, and the `Loop` stays in place while the fiber runs.
     let lp = unsafe { &*cur.lp };
     let mut result = lp
         .inner
@@ -568,7 +574,7 @@ impl Drop for InFlight<'_> {
 impl CellPtr {
     /// Takes the coroutine out of a cell whose fiber is not running.
     fn take(&mut self) -> Option<Co> {
-        // SAFETY: `&mut self` is the slot's own access to its cell; callers hold it only for
+        // SAFETY: (FFI) `&mut self` is the slot's own access to its cell; callers hold it only for
         // fibers that are suspended or finished, so no `&mut Co` from `run_fibers` is alive.
         unsafe { (*self.0.as_ref().co.get()).take() }
     }

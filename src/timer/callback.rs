@@ -35,7 +35,7 @@ static EMPTY: VTable = VTable {
 
 /// # Safety
 ///
-/// None needed: it touches nothing (an `unsafe fn` only to fit in [`VTable::call`]).
+/// (FFI) None needed: it touches nothing (an `unsafe fn` only to fit in [`VTable::call`]).
 unsafe fn call_nothing(_: *mut u8, _: &Loop, _: TimerId) {}
 
 /// Makes the [`VTable`] of the closure type `F`.
@@ -54,19 +54,21 @@ impl<F: FnMut(&Loop, TimerId) + 'static> VTableOf<F> {
 
 /// # Safety
 ///
-/// `data` points to a live, properly aligned `F` that nothing else accesses during the call.
+/// (FFI) `data` points to a live, properly aligned `F` that nothing else accesses during the call.
 unsafe fn call<F: FnMut(&Loop, TimerId)>(data: *mut u8, lp: &Loop, id: TimerId) {
-    // SAFETY: guaranteed by the caller (`Callback::call`: `data` is the storage of the `F` that
-    // `Callback::inline` wrote, borrowed mutably through `&mut self`).
+    // SAFETY: (FFI) the caller guarantees that `data` points to a live, aligned `F` with no other
+    // access (`Callback::call`: `data` is the storage of the `F` that `Callback::inline` wrote,
+    // borrowed mutably through `&mut self`).
     let f = unsafe { &mut *data.cast::<F>() };
     f(lp, id);
 }
 
 /// # Safety
 ///
-/// `data` points to a live, properly aligned `F` that is never used again.
+/// (FFI) `data` points to a live, properly aligned `F` that is never used again.
 unsafe fn drop_in_place<F>(data: *mut u8) {
-    // SAFETY: guaranteed by the caller (`Callback::drop` runs once, after every call).
+    // SAFETY: (FFI) the caller guarantees that `data` points to a live, aligned `F` that is never
+    // used again (`Callback::drop` runs once, after every call).
     unsafe { std::ptr::drop_in_place(data.cast::<F>()) }
 }
 
@@ -82,12 +84,12 @@ impl Callback {
     /// Stores `f` inline if it fits, else boxed.
     pub(crate) fn new<F: FnMut(&Loop, TimerId) + 'static>(f: F) -> Callback {
         if fits::<F>() {
-            // SAFETY: `fits::<F>()` was just checked.
+            // SAFETY: (FFI) `fits::<F>()` was just checked.
             unsafe { Callback::inline(f) }
         } else {
             let boxed: Box<F> = Box::new(f);
             debug_assert!(fits::<Box<F>>());
-            // SAFETY: a `Box<F>` of a sized `F` is one pointer: it always fits.
+            // SAFETY: (FFI) a `Box<F>` of a sized `F` is one pointer: it always fits.
             unsafe { Callback::inline(boxed) }
         }
     }
@@ -96,10 +98,10 @@ impl Callback {
     ///
     /// # Safety
     ///
-    /// `fits::<F>()`: `F` is no larger than the storage and no more aligned than a word.
+    /// (FFI) `fits::<F>()`: `F` is no larger than the storage and no more aligned than a word.
     unsafe fn inline<F: FnMut(&Loop, TimerId) + 'static>(f: F) -> Callback {
         let mut data = Storage::uninit();
-        // SAFETY: the storage is large and aligned enough for `F` (this function's contract),
+        // SAFETY: (FFI) the storage is large and aligned enough for `F` (this function's contract),
         // and it is uninitialised, so nothing is overwritten without being dropped.
         unsafe { data.as_mut_ptr().cast::<F>().write(f) };
         Callback {
@@ -131,7 +133,7 @@ impl Callback {
 
     /// Calls the closure.
     pub(crate) fn call(&mut self, lp: &Loop, id: TimerId) {
-        // SAFETY: `data` holds the closure `inline` wrote, of the type `vtable` was made for;
+        // SAFETY: (FFI) `data` holds the closure `inline` wrote, of the type `vtable` was made for;
         // it lives until `drop`, and `&mut self` makes this the only access.
         unsafe { (self.vtable.call)(self.data.as_mut_ptr().cast(), lp, id) }
     }
@@ -140,7 +142,8 @@ impl Callback {
 impl Drop for Callback {
     fn drop(&mut self) {
         if let Some(drop) = self.vtable.drop {
-            // SAFETY: `data` holds the closure of `vtable`'s type; this is the last use of it.
+            // SAFETY: (FFI) `data` holds the closure of `vtable`'s type; this is the last use of
+            // it.
             unsafe { drop(self.data.as_mut_ptr().cast()) }
         }
     }

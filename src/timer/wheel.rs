@@ -89,7 +89,7 @@ fn advise_huge_pages(start: *const u8, len: usize) {
     if end <= begin {
         return;
     }
-    // SAFETY: `[begin, end)` lies inside the slab's live allocation (rounded inwards to whole
+    // SAFETY: (FFI) `[begin, end)` lies inside the slab's live allocation (rounded inwards to whole
     // huge pages), which this wheel owns; MADV_HUGEPAGE changes only how the kernel backs those
     // pages, never their contents or validity, so no Rust reference is affected.
     let _ = unsafe { libc::madvise(begin as *mut libc::c_void, end - begin, libc::MADV_HUGEPAGE) };

@@ -133,7 +133,7 @@ fn ctl(epfd: RawFd, op: i32, fd: RawFd, events: u32) -> Result<(), i32> {
         events,
         u64: fd as u64,
     };
-    // SAFETY: `ev` is a live epoll_event for the duration of the call (the kernel copies it);
+    // SAFETY: (FFI) `ev` is a live epoll_event for the duration of the call (the kernel copies it);
     // epoll_ctl touches no other memory.
     let r = unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) };
     if r < 0 {

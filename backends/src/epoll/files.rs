@@ -30,12 +30,12 @@ struct Job {
     op: Op,
 }
 
-// SAFETY: `Op` is `!Send` only because it holds raw pointers (buffers, iovecs, msghdrs,
-// addresses). The caller of `Epoll::push` promised that they stay valid and unmoved, that the
-// loop thread does not otherwise access them, and that the fd stays open until the operation's
-// final completion (I2, I3). That completion is produced only after the job has finished on its
-// pool thread (or was taken out of the queue without running), so the pool thread is the only
-// one using the pointers while they are guaranteed valid.
+// SAFETY: (I2, I3) `Op` is `!Send` only because it holds raw pointers (buffers, iovecs, msghdrs,
+// addresses). The caller of `Epoll::push` promised that they stay valid and unmoved, that the loop
+// thread does not otherwise access them, and that the fd stays open until the operation's final
+// completion. That completion is produced only after the job has finished on its pool thread (or
+// was taken out of the queue without running), so the pool thread is the only one using the
+// pointers while they are guaranteed valid.
 unsafe impl Send for Job {}
 
 /// State shared between the driver and the pool threads.
@@ -102,8 +102,8 @@ impl FilePool {
     ///
     /// # Safety
     ///
-    /// `op`'s pointers must stay valid and its fd open until the job's result has been taken by
-    /// [`FilePool::take_done`] or the job removed by [`FilePool::cancel`] (I2, I3).
+    /// (I2, I3) `op`'s pointers must stay valid and its fd open until the job's result has been
+    /// taken by [`FilePool::take_done`] or the job removed by [`FilePool::cancel`].
     pub(super) unsafe fn submit(&mut self, id: OpId, op: Op) -> io::Result<()> {
         let mut st = self.shared.lock();
         st.queue.push_back(Job { id, op });
@@ -184,8 +184,9 @@ fn worker(shared: &Shared) {
         if let Some(job) = st.queue.pop_front() {
             st.running += 1;
             drop(st);
-            // SAFETY: the job's pointers and fd stay valid until its result is taken by the
-            // driver (I2, I3; see `unsafe impl Send for Job`).
+            // SAFETY: (I2, I3) the job's pointers stay valid and its fd open until the driver takes
+            // its result, which is pushed only after this call returns (see `unsafe impl Send for
+            // Job`).
             let result = unsafe { syscalls::run_blocking(&job.op) };
             st = shared.lock();
             st.running -= 1;

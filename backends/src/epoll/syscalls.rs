@@ -111,12 +111,13 @@ pub(super) fn direction(op: &Op) -> u32 {
 ///
 /// # Safety
 ///
-/// `iov[..iovcnt]` is valid for reads (I2); a null `iov` is accepted when `iovcnt` is 0.
+/// (I2) `iov[..iovcnt]` is valid for reads; a null `iov` is accepted when `iovcnt` is 0.
 unsafe fn iov_len(iov: *const libc::iovec, iovcnt: usize) -> usize {
     if iov.is_null() || iovcnt == 0 {
         return 0;
     }
-    // SAFETY: the caller guarantees `iov[..iovcnt]` (I2), non-null here.
+    // SAFETY: (I2) the caller guarantees `iov[..iovcnt]` is valid for reads, and `iov` is non-null
+    // here.
     let slice = unsafe { std::slice::from_raw_parts(iov, iovcnt) };
     slice
         .iter()
@@ -128,10 +129,10 @@ unsafe fn iov_len(iov: *const libc::iovec, iovcnt: usize) -> usize {
 ///
 /// # Safety
 ///
-/// `op`'s iovecs and msghdr are valid for reads (I2).
+/// (I2) `op`'s iovecs and msghdr are valid for reads.
 pub(super) unsafe fn stream_transfer(op: &Op) -> Option<(u32, usize)> {
-    // SAFETY: the caller guarantees `op`'s iovecs and msghdr (I2): `iov_len` and the reads of
-    // `*msg` only read them.
+    // SAFETY: (I2) the caller guarantees `op`'s iovecs and msghdr are valid for reads: `iov_len`
+    // and the reads of `*msg` only read them.
     unsafe {
         match *op {
             Op::Read {
@@ -177,7 +178,7 @@ pub(super) unsafe fn stream_transfer(op: &Op) -> Option<(u32, usize)> {
 ///
 /// # Safety
 ///
-/// `op`'s buffer and iovecs are valid (I2), its fd open (I3).
+/// (I2, I3) `op`'s buffer and iovecs are valid, its fd open.
 pub(super) unsafe fn empty_read(op: &Op) -> Option<i32> {
     match *op {
         Op::Read {
@@ -186,7 +187,8 @@ pub(super) unsafe fn empty_read(op: &Op) -> Option<i32> {
             len: 0,
             offset: None,
         } => Some(retry(|| {
-            // SAFETY: a zero-length read writes nothing; the fd is open (I3).
+            // SAFETY: (I3, FFI) a zero-length read writes nothing to `buf`; the caller keeps the fd
+            // open.
             unsafe { libc::read(fd, buf.cast(), 0) }
         })),
         Op::Readv {
@@ -194,9 +196,11 @@ pub(super) unsafe fn empty_read(op: &Op) -> Option<i32> {
             iov,
             iovcnt,
             offset: None,
-            // SAFETY: the caller guarantees the iovecs (I2).
+            // SAFETY: (I2) the caller guarantees `op`'s iovecs are valid for reads, and `iov` is
+            // non-null here.
         } if !iov.is_null() && unsafe { iov_len(iov, iovcnt as usize) } == 0 => Some(retry(|| {
-            // SAFETY: as above (I2, I3); buffers adding up to 0 bytes are not written.
+            // SAFETY: (I2, I3) the caller guarantees the iovecs are valid and the fd open; buffers
+            // adding up to 0 bytes are not written.
             unsafe { libc::readv(fd, iov, iovcnt as i32) as isize }
         })),
         _ => None,
@@ -208,7 +212,7 @@ pub(super) unsafe fn empty_read(op: &Op) -> Option<i32> {
 pub(super) fn is_listening(fd: RawFd) -> bool {
     let mut on: libc::c_int = 0;
     let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `on` and `len` are live locals of the sizes getsockopt is told about.
+    // SAFETY: (FFI) `on` and `len` are live locals of the sizes getsockopt is told about.
     let r = unsafe {
         libc::getsockopt(
             fd,
@@ -249,7 +253,7 @@ fn attempt_of(r: i32) -> Attempt {
 
 /// A `msghdr` that only carries an iovec array (for readv/writev on sockets).
 fn iov_msghdr(iov: *const libc::iovec, iovcnt: u32) -> libc::msghdr {
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    // SAFETY: (FFI) msghdr is plain data; all-zero is a valid empty header.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = iov.cast_mut();
     msg.msg_iovlen = iovcnt as _;
@@ -262,19 +266,21 @@ fn iov_msghdr(iov: *const libc::iovec, iovcnt: u32) -> libc::msghdr {
 ///
 /// # Safety
 ///
-/// `iov[..iovcnt]` and the memory it points to must be valid for writes (I2); `fd` open (I3).
+/// (I2, I3) `iov[..iovcnt]` and the memory it points to must be valid for writes; `fd` open.
 unsafe fn read_nowait(fd: RawFd, iov: *const libc::iovec, iovcnt: u32, ready: bool) -> Attempt {
     let r = retry(|| {
-        // SAFETY: the caller guarantees the iovecs and their buffers (I2); offset -1 means the
-        // file position.
+        // SAFETY: (I2, I3, I5) the caller guarantees the iovecs and their buffers are valid for
+        // writes and the fd open; offset -1 means the file position; RWF_NOWAIT keeps the loop
+        // thread from blocking.
         unsafe { libc::preadv2(fd, iov, iovcnt as i32, -1, libc::RWF_NOWAIT) as isize }
     });
     if r == -libc::EOPNOTSUPP || r == -libc::EINVAL {
         if !ready {
             return Attempt::Again;
         }
-        // SAFETY: as above (I2, I3); the fd reported readiness, so this read returns at once
-        // unless another reader raced us (documented in the module docs).
+        // SAFETY: (I2, I3, I5) the caller guarantees the iovecs and their buffers are valid for
+        // writes and the fd open; the fd reported readiness, so this read returns at once unless
+        // another reader raced us (documented in the module docs).
         return attempt_of(retry(|| unsafe {
             libc::readv(fd, iov, iovcnt as i32) as isize
         }));
@@ -289,13 +295,13 @@ unsafe fn read_nowait(fd: RawFd, iov: *const libc::iovec, iovcnt: u32, ready: bo
 ///
 /// # Safety
 ///
-/// Every pointer in `op` must be valid as the matching syscall requires (I2), and its fd open
-/// (I3). `op` must have been routed to [`Route::Now`] or [`Route::Wait`] for `class`.
+/// (I2, I3) Every pointer in `op` must be valid as the matching syscall requires, and its fd open.
+/// `op` must have been routed to [`Route::Now`] or [`Route::Wait`] for `class`.
 pub(super) unsafe fn attempt(op: &Op, class: FdClass, ready: bool, connecting: bool) -> Attempt {
     let socket = matches!(class, FdClass::Socket { .. });
     let nonblocking = class.is_nonblocking();
-    // SAFETY: for every syscall below, the caller guarantees that the buffers, iovecs, msghdrs
-    // and addresses in `op` are valid (I2) and that the fd is open (I3); the kernel only accesses
+    // SAFETY: (I2, I3) for every syscall below, the caller guarantees that the buffers, iovecs,
+    // msghdrs and addresses in `op` are valid and that the fd is open; the kernel only accesses
     // them for the duration of the call.
     unsafe {
         match *op {
@@ -404,7 +410,7 @@ pub(super) unsafe fn attempt(op: &Op, class: FdClass, ready: bool, connecting: b
 fn socket_error(fd: RawFd) -> i32 {
     let mut err: libc::c_int = 0;
     let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `err` and `len` are live locals of the sizes getsockopt is told about.
+    // SAFETY: (FFI) `err` and `len` are live locals of the sizes getsockopt is told about.
     let r = unsafe {
         libc::getsockopt(
             fd,
@@ -428,7 +434,7 @@ fn socket_error(fd: RawFd) -> i32 {
 ///
 /// # Safety
 ///
-/// As for [`attempt`]: `op`'s buffers valid (I2), its fd open (I3).
+/// (I2, I3) `op`'s buffer or iovecs (and their buffers) must be valid for writes and its fd open.
 pub(super) unsafe fn file_read_nowait(op: &Op) -> Option<i32> {
     let (fd, iov, iovcnt, offset, single);
     match *op {
@@ -453,10 +459,12 @@ pub(super) unsafe fn file_read_nowait(op: &Op) -> Option<i32> {
         _ => return None,
     }
     let offset = i64::try_from(offset).ok()?;
-    // SAFETY: the caller guarantees `iov[..iovcnt]` (or `single`, alive here) is valid (I2).
+    // SAFETY: (I2) the caller guarantees `iov[..iovcnt]` is valid for reads (or `iov` points to
+    // `single`, alive here).
     let slice = unsafe { std::slice::from_raw_parts(iov, iovcnt as usize) };
     let total: usize = slice.iter().map(|v| v.iov_len).sum();
-    // SAFETY: as above; the fd is open (I3).
+    // SAFETY: (I2, I3, I5) the caller guarantees the iovecs (or `single`, alive here) and their
+    // buffers are valid for writes and the fd open; RWF_NOWAIT keeps the loop thread from blocking.
     let r = unsafe { libc::preadv2(fd, iov, iovcnt as i32, offset, libc::RWF_NOWAIT) };
     if r < 0 || (r != 0 && r as usize != total) {
         None
@@ -469,11 +477,12 @@ pub(super) unsafe fn file_read_nowait(op: &Op) -> Option<i32> {
 ///
 /// # Safety
 ///
-/// Every pointer in `op` must be valid as the matching syscall requires (I2), and its fd open
-/// (I3), until this returns.
+/// (I2, I3) Every pointer in `op` must be valid as the matching syscall requires, and its fd open,
+/// until this returns.
 pub(super) unsafe fn run_blocking(op: &Op) -> i32 {
-    // SAFETY: for every syscall below, the caller guarantees that the buffers, iovecs, msghdrs
-    // and addresses in `op` are valid (I2) and that the fd is open (I3) until we return.
+    // SAFETY: (I2, I3) for every syscall below, the caller guarantees that the buffers, iovecs,
+    // msghdrs and addresses in `op` are valid and that the fd is open until we return; the kernel
+    // only accesses them for the duration of the call.
     unsafe {
         match *op {
             Op::Read {
@@ -590,7 +599,7 @@ pub(super) fn epoll_wait(
         let tsp = ts
             .as_ref()
             .map_or(ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: `events` has room for `cap` events and `tsp` is null or points to a live
+        // SAFETY: (FFI) `events` has room for `cap` events and `tsp` is null or points to a live
         // timespec; a null sigmask leaves the signal mask alone.
         let r = unsafe {
             libc::syscall(
@@ -616,7 +625,7 @@ pub(super) fn epoll_wait(
         None => -1,
         Some(d) => d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int,
     };
-    // SAFETY: `events` has room for `cap` events.
+    // SAFETY: (FFI) `events` has room for `cap` events; `epfd` is our open epoll fd.
     let r = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), cap, ms) };
     cvt(r).map(|n| n as usize)
 }

@@ -35,15 +35,15 @@ fn find(out: &[Completion], user_data: u64) -> Completion {
 
 fn pipe(flags: i32) -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two fds pipe2 writes.
+    // SAFETY: (FFI) `fds` has room for the two fds pipe2 writes.
     let r = unsafe { libc::pipe2(fds.as_mut_ptr(), flags | libc::O_CLOEXEC) };
     assert_eq!(r, 0);
-    // SAFETY: both fds are fresh and owned by nobody else.
+    // SAFETY: (FFI) both fds were just returned by pipe2 and are owned by nobody else.
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 fn write_all(fd: RawFd, data: &[u8]) {
-    // SAFETY: `data` is a live buffer of its length.
+    // SAFETY: (FFI) `data` is a live buffer of its length.
     let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
     assert_eq!(n, data.len() as isize);
 }
@@ -51,7 +51,7 @@ fn write_all(fd: RawFd, data: &[u8]) {
 #[test]
 fn nop_completes_at_next_wait() {
     let mut d = driver();
-    // SAFETY: Nop references no memory and no fd.
+    // SAFETY: (I2, I3) Nop references no memory and no fd.
     unsafe { d.push(Op::Nop, 7) };
     assert_eq!(d.in_flight(), 1);
     let mut out = Vec::new();
@@ -78,7 +78,7 @@ fn pipe_read_waits_then_completes() {
         len: buf.len() as u32,
         offset: None,
     };
-    // SAFETY: `buf` and `r` outlive the operation (it completes below).
+    // SAFETY: (I2, I3) `buf` and `r` outlive the operation (it completes below).
     unsafe { d.push(op, 1) };
     let mut out = Vec::new();
     d.wait(Some(Duration::ZERO), &mut out).unwrap();
@@ -93,7 +93,8 @@ fn pipe_read_waits_then_completes() {
 fn recv_and_send_on_a_socketpair() {
     let mut d = driver();
     let mut sv = [0; 2];
-    // SAFETY: `sv` has room for the two fds. Blocking sockets: the driver adds MSG_DONTWAIT.
+    // SAFETY: (FFI) `sv` has room for the two fds socketpair writes. Blocking sockets: the driver
+    // adds MSG_DONTWAIT.
     let r = unsafe {
         libc::socketpair(
             libc::AF_UNIX,
@@ -103,11 +104,11 @@ fn recv_and_send_on_a_socketpair() {
         )
     };
     assert_eq!(r, 0);
-    // SAFETY: fresh fds owned by nobody else.
+    // SAFETY: (FFI) both fds were just returned by socketpair and are owned by nobody else.
     let (a, b) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
     let mut buf = [0u8; 8];
     let msg = b"ping";
-    // SAFETY: the buffers and sockets outlive both operations (they complete below).
+    // SAFETY: (I2, I3) the buffers and sockets outlive both operations (they complete below).
     unsafe {
         d.push(
             Op::Recv {
@@ -148,7 +149,7 @@ fn file_pread_pwrite_fsync_on_the_pool() {
     std::fs::remove_file(&path).unwrap();
     let fd = file.as_raw_fd();
     let data = b"hello";
-    // SAFETY: `data` and `file` outlive the operations (they complete below).
+    // SAFETY: (I2, I3) `data` and `file` outlive the operation (it completes below).
     unsafe {
         d.push(
             Op::Write {
@@ -161,7 +162,8 @@ fn file_pread_pwrite_fsync_on_the_pool() {
         )
     };
     assert_eq!(wait_for(&mut d, 1)[0].result, 5);
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) an fsync references no memory, and `file` outlives the operation (it
+    // completes below).
     unsafe {
         d.push(
             Op::Fsync {
@@ -174,7 +176,7 @@ fn file_pread_pwrite_fsync_on_the_pool() {
     assert_eq!(wait_for(&mut d, 1)[0].result, 0);
     let mut buf = [0xffu8; 15];
     let mut tail = [0u8; 4];
-    // SAFETY: the buffers and `file` outlive the operations (they complete below).
+    // SAFETY: (I2, I3) the buffers and `file` outlive the operations (they complete below).
     unsafe {
         d.push(
             Op::Read {
@@ -208,7 +210,7 @@ fn cancel_of_a_pending_read_gives_one_ecanceled() {
     let mut d = driver();
     let (r, _w) = pipe(libc::O_NONBLOCK);
     let mut buf = [0u8; 4];
-    // SAFETY: `buf` and `r` outlive the operation (its final completion is awaited below).
+    // SAFETY: (I2, I3) `buf` and `r` outlive the operation (its final completion is awaited below).
     let id = unsafe {
         d.push(
             Op::Read {
@@ -243,14 +245,15 @@ fn cancel_of_a_pending_read_gives_one_ecanceled() {
 #[test]
 fn multishot_poll_on_an_eventfd() {
     let mut d = driver();
-    // SAFETY: eventfd takes no pointers.
+    // SAFETY: (FFI) eventfd takes no pointers; the fd it returns is owned by nobody else.
     let efd = unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, libc::EFD_CLOEXEC)) };
     let op = Op::Poll {
         fd: efd.as_raw_fd(),
         events: interest::READABLE,
         multishot: true,
     };
-    // SAFETY: `efd` outlives the operation (cancelled and awaited below).
+    // SAFETY: (I3) a poll references no memory, and `efd` outlives the operation (cancelled and
+    // awaited below).
     let id = unsafe { d.push(op, 3) };
     let mut out = Vec::new();
     d.wait(Some(Duration::ZERO), &mut out).unwrap();
@@ -289,21 +292,21 @@ fn listener(flags: i32) -> (OwnedFd, libc::sockaddr_storage, libc::socklen_t) {
     if flags & libc::SOCK_NONBLOCK != 0 {
         listener.set_nonblocking(true).unwrap();
     }
-    // SAFETY: all-zero is a valid sockaddr_storage.
+    // SAFETY: (FFI) all-zero is a valid sockaddr_storage.
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     let fd = OwnedFd::from(listener);
-    // SAFETY: `addr` and `len` are live and sized as getsockname is told.
+    // SAFETY: (FFI) `addr` and `len` are live and sized as getsockname is told.
     let r = unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut addr).cast(), &mut len) };
     assert_eq!(r, 0);
     (fd, addr, len)
 }
 
 fn tcp_socket(flags: i32) -> OwnedFd {
-    // SAFETY: socket takes no pointers.
+    // SAFETY: (FFI) socket takes no pointers.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | flags, 0) };
     assert!(fd >= 0);
-    // SAFETY: a fresh fd owned by nobody else.
+    // SAFETY: (FFI) `fd` was just returned by socket and is owned by nobody else.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
@@ -312,7 +315,7 @@ fn accept_and_connect_on_loopback() {
     let mut d = driver();
     let (lfd, addr, len) = listener(libc::SOCK_NONBLOCK);
     let client = tcp_socket(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
-    // SAFETY: the sockets and `addr` outlive the operations (they complete below).
+    // SAFETY: (I2, I3) the sockets and `addr` outlive the operations (they complete below).
     unsafe {
         d.push(
             Op::Accept {
@@ -336,7 +339,7 @@ fn accept_and_connect_on_loopback() {
     let out = wait_for(&mut d, 2);
     let accepted = find(&out, 1).result;
     assert!(accepted >= 0, "{out:?}");
-    // SAFETY: the accepted fd is new and ours.
+    // SAFETY: (FFI) the accepted fd was just returned by the accept and is owned by nobody else.
     drop(unsafe { OwnedFd::from_raw_fd(accepted) });
     assert_eq!(find(&out, 2).result, 0);
 }
@@ -345,7 +348,8 @@ fn accept_and_connect_on_loopback() {
 fn multishot_accept_on_a_blocking_listener() {
     let mut d = driver();
     let (lfd, addr, len) = listener(0);
-    // SAFETY: `lfd` outlives the operation (cancelled and awaited below).
+    // SAFETY: (I3) the accept references no memory (null address), and `lfd` outlives the operation
+    // (cancelled and awaited below).
     let id = unsafe {
         d.push(
             Op::Accept {
@@ -369,7 +373,7 @@ fn multishot_accept_on_a_blocking_listener() {
             addr: &addr,
             addrlen: len,
         };
-        // SAFETY: the socket and `addr` outlive the operation (it completes below).
+        // SAFETY: (I2, I3) the socket and `addr` outlive the operation (it completes below).
         unsafe { d.push(op, 10 + i as u64) };
     }
     let out = wait_for(&mut d, 4);
@@ -379,7 +383,8 @@ fn multishot_accept_on_a_blocking_listener() {
     assert_eq!(accepted.len(), 2, "{out:?}");
     for c in accepted {
         assert!(c.more && c.result >= 0);
-        // SAFETY: the accepted fd is new and ours.
+        // SAFETY: (FFI) the accepted fd was just returned by the accept and is owned by nobody
+        // else.
         drop(unsafe { OwnedFd::from_raw_fd(c.result) });
     }
     assert!(d.cancel(id));
@@ -393,7 +398,7 @@ fn blocking_pipe_never_blocks_the_loop() {
     let (r, w) = pipe(0);
     let mut a = [0u8; 8];
     let mut b = [0u8; 8];
-    // SAFETY: the buffers and `r` outlive both operations (completed or cancelled below).
+    // SAFETY: (I2, I3) the buffers and `r` outlive both operations (completed or cancelled below).
     let (_, second) = unsafe {
         (
             d.push(
@@ -432,7 +437,7 @@ fn blocking_pipe_never_blocks_the_loop() {
     assert!(d.cancel(second));
     assert_eq!(wait_for(&mut d, 1)[0].result, -libc::ECANCELED);
     let big = vec![7u8; 256 * 1024];
-    // SAFETY: `big` and `w` outlive the operation (it completes below).
+    // SAFETY: (I2, I3) `big` and `w` outlive the operation (it completes below).
     unsafe {
         d.push(
             Op::Write {
@@ -464,7 +469,8 @@ fn wait_timeout_returns_ok_and_not_early() {
         events: interest::READABLE,
         multishot: false,
     };
-    // SAFETY: `r` outlives the operation (the driver is shut down before it is dropped).
+    // SAFETY: (I3) a poll references no memory, and `r` outlives the operation (the driver is shut
+    // down before it is dropped).
     unsafe { d.push(op, 1) };
     let mut out = Vec::new();
     // epoll_pwait2 (ns), then the epoll_wait fallback (ms rounded up).
@@ -501,7 +507,7 @@ fn poll_on_a_regular_file_reports_ready() {
         events: interest::READABLE | interest::PRIORITY,
         multishot: false,
     };
-    // SAFETY: `file` outlives the operation (it completes below).
+    // SAFETY: (I2, I3) `file` outlives the operation (it completes below).
     unsafe { d.push(op, 1) };
     let out = wait_for(&mut d, 1);
     assert_eq!(out[0].result, interest::READABLE as i32);
@@ -517,7 +523,8 @@ fn close_cancels_waiters_then_closes() {
         events: interest::READABLE,
         multishot: false,
     };
-    // SAFETY: the fd stays open until the Close below, which the driver orders after the poll.
+    // SAFETY: (I3) the fd stays open until the Close below, which the driver orders after the poll;
+    // a poll references no memory.
     unsafe {
         d.push(op, 1);
         d.push(Op::Close { fd }, 2);
@@ -525,7 +532,7 @@ fn close_cancels_waiters_then_closes() {
     let out = wait_for(&mut d, 2);
     assert_eq!(find(&out, 1).result, -libc::ECANCELED);
     assert_eq!(find(&out, 2).result, 0);
-    // SAFETY: F_GETFD takes no pointer.
+    // SAFETY: (FFI) F_GETFD takes no pointer.
     assert_eq!(unsafe { libc::fcntl(fd, libc::F_GETFD) }, -1, "closed");
 }
 
@@ -534,7 +541,7 @@ fn shutdown_finishes_everything() {
     let mut d = driver();
     let (r, _w) = pipe(libc::O_NONBLOCK);
     let mut buf = [0u8; 4];
-    // SAFETY: `buf` and `r` outlive the operations (shutdown awaits their finals).
+    // SAFETY: (I2, I3) `buf` and `r` outlive the operations (shutdown awaits their finals).
     unsafe {
         d.push(Op::Nop, 1);
         d.push(
@@ -566,7 +573,7 @@ fn shutdown_finishes_everything() {
 fn blocking_tty_read_waits_for_readiness() {
     let mut d = driver();
     let (mut master, mut slave) = (0, 0);
-    // SAFETY: both out-pointers are live ints; name, termios and winsize may be null.
+    // SAFETY: (FFI) both out-pointers are live ints; name, termios and winsize may be null.
     let r = unsafe {
         libc::openpty(
             &mut master,
@@ -577,7 +584,7 @@ fn blocking_tty_read_waits_for_readiness() {
         )
     };
     assert_eq!(r, 0);
-    // SAFETY: fresh fds owned by nobody else.
+    // SAFETY: (FFI) both fds were just returned by openpty and are owned by nobody else.
     let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
     let mut buf = [0u8; 16];
     // A blocking tty: RWF_NOWAIT is not supported, so the read waits for IN, then reads.
@@ -587,7 +594,7 @@ fn blocking_tty_read_waits_for_readiness() {
         len: 16,
         offset: None,
     };
-    // SAFETY: `buf` and `slave` outlive the operation (it completes below).
+    // SAFETY: (I2, I3) `buf` and `slave` outlive the operation (it completes below).
     unsafe { d.push(op, 1) };
     let mut out = Vec::new();
     d.wait(Some(Duration::ZERO), &mut out).unwrap();
@@ -604,7 +611,7 @@ fn reads_on_one_fd_complete_in_push_order() {
     let (r, w) = pipe(libc::O_NONBLOCK);
     let mut a = [0u8; 2];
     let mut b = [0u8; 2];
-    // SAFETY: the buffers and `r` outlive both operations (they complete below).
+    // SAFETY: (I2, I3) the buffers and `r` outlive both operations (they complete below).
     unsafe {
         d.push(
             Op::Read {
@@ -635,7 +642,7 @@ fn reads_on_one_fd_complete_in_push_order() {
 /// A connected pair of blocking Unix stream sockets (the driver adds `MSG_DONTWAIT`).
 fn socketpair() -> (OwnedFd, OwnedFd) {
     let mut sv = [0; 2];
-    // SAFETY: `sv` has room for the two fds socketpair writes.
+    // SAFETY: (FFI) `sv` has room for the two fds socketpair writes.
     let r = unsafe {
         libc::socketpair(
             libc::AF_UNIX,
@@ -645,7 +652,7 @@ fn socketpair() -> (OwnedFd, OwnedFd) {
         )
     };
     assert_eq!(r, 0);
-    // SAFETY: fresh fds owned by nobody else.
+    // SAFETY: (FFI) both fds were just returned by socketpair and are owned by nobody else.
     unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) }
 }
 
@@ -666,9 +673,8 @@ fn an_idle_socket_keeps_its_edge_triggered_registration() {
     let (a, b) = socketpair();
     let fd = a.as_raw_fd();
     let mut buf = [0u8; 8];
-    // SAFETY (every push below): `buf` and the sockets outlive the operations, which complete
-    // before the next push (I2, I3).
-    // SAFETY: see above (I2, I3).
+    // SAFETY: (I2, I3) `buf` and the sockets outlive the operation, which completes before the next
+    // push.
     unsafe { d.push(recv(&a, &mut buf), 1) };
     let mut out = Vec::new();
     d.wait(Some(Duration::ZERO), &mut out).unwrap();
@@ -683,7 +689,8 @@ fn an_idle_socket_keeps_its_edge_triggered_registration() {
     write_all(b.as_raw_fd(), b"one");
     assert_eq!(wait_for(&mut d, 1)[0].result, 3);
     assert_eq!(d.fds.registration(fd), Some(registered), "kept while idle");
-    // SAFETY: see above (I2, I3).
+    // SAFETY: (I2, I3) `buf` and the sockets outlive the operation, which completes before the next
+    // push.
     unsafe { d.push(recv(&a, &mut buf), 2) };
     let mut out = Vec::new();
     d.wait(Some(Duration::ZERO), &mut out).unwrap();
@@ -696,17 +703,20 @@ fn an_idle_socket_keeps_its_edge_triggered_registration() {
     write_all(b.as_raw_fd(), b"three");
     let mut out = Vec::new();
     d.wait(Some(Duration::ZERO), &mut out).unwrap();
-    // SAFETY: see above (I2, I3).
+    // SAFETY: (I2, I3) `buf` and the sockets outlive the operation, which completes before the next
+    // push.
     unsafe { d.push(recv(&a, &mut buf), 3) };
     assert_eq!(find(&wait_for(&mut d, 1), 3).result, 5);
     assert_eq!(&buf[..5], b"three");
 
     // A read that fills its buffer leaves the rest known to be there.
     write_all(b.as_raw_fd(), b"0123456789");
-    // SAFETY: see above (I2, I3).
+    // SAFETY: (I2, I3) `buf` and the sockets outlive the operation, which completes before the next
+    // push.
     unsafe { d.push(recv(&a, &mut buf), 4) };
     assert_eq!(find(&wait_for(&mut d, 1), 4).result, 8);
-    // SAFETY: see above (I2, I3).
+    // SAFETY: (I2, I3) `buf` and the sockets outlive the operation, which completes before the next
+    // push.
     unsafe { d.push(recv(&a, &mut buf), 5) };
     assert_eq!(find(&wait_for(&mut d, 1), 5).result, 2);
     assert_eq!(&buf[..2], b"89");
@@ -724,9 +734,8 @@ fn a_poll_on_an_edge_triggered_fd_stays_level_triggered() {
     let fd = a.as_raw_fd();
     let mut buf = [0u8; 4];
     write_all(b.as_raw_fd(), b"abcdef");
-    // SAFETY (every push below): `buf` and the sockets outlive the operations, which complete
-    // before the next push (I2, I3); a poll references no memory.
-    // SAFETY: see above (I2, I3).
+    // SAFETY: (I2, I3) `buf` and the sockets outlive the operation, which completes before the next
+    // push.
     unsafe { d.push(recv(&a, &mut buf), 1) };
     assert_eq!(wait_for(&mut d, 1)[0].result, 4);
     // Two bytes are left. Each one-shot poll armed while they are there reports them, even
@@ -737,12 +746,14 @@ fn a_poll_on_an_edge_triggered_fd_stays_level_triggered() {
         multishot: false,
     };
     for round in 0..3 {
-        // SAFETY: see above (I2, I3).
+        // SAFETY: (I3) a poll references no memory, and the socket outlives the poll, which
+        // completes before the next push.
         unsafe { d.push(poll, 10 + round) };
         let out = wait_for(&mut d, 1);
         assert_ne!(out[0].result as u32 & interest::READABLE, 0, "{out:?}");
     }
-    // SAFETY: see above (I2, I3).
+    // SAFETY: (I3) a poll references no memory, and the socket outlives the poll, which completes
+    // below.
     unsafe { d.push(poll, 20) };
     let mut out = Vec::new();
     d.wait(Some(Duration::ZERO), &mut out).unwrap();
@@ -757,7 +768,8 @@ fn a_poll_on_an_edge_triggered_fd_stays_level_triggered() {
         find(&out, 20).result as u32 & interest::READABLE,
         interest::READABLE
     );
-    // SAFETY: see above (I2, I3).
+    // SAFETY: (I2, I3) `buf` and the sockets outlive the operation, which completes before the next
+    // push.
     unsafe { d.push(recv(&a, &mut buf), 2) };
     assert_eq!(find(&wait_for(&mut d, 1), 2).result, 2);
     let mut out = Vec::new();
@@ -774,7 +786,7 @@ fn a_poll_on_an_edge_triggered_fd_stays_level_triggered() {
 fn a_read_of_nothing_answers_at_once() {
     let mut d = driver();
     let (a, _b) = socketpair();
-    // SAFETY: a zero-length read references no memory it could write; `a` outlives it.
+    // SAFETY: (I2, I3) a zero-length read references no memory it could write; `a` outlives it.
     unsafe {
         d.push(
             Op::Read {

@@ -106,13 +106,13 @@ pub fn test_name() -> String {
 pub fn kernel_io_uring() -> io::Result<()> {
     // struct io_uring_params is 120 bytes; all zero asks for no flags.
     let mut params = [0u64; 15];
-    // SAFETY: io_uring_setup(entries, params) writes at most sizeof(struct io_uring_params)
+    // SAFETY: (FFI) io_uring_setup(entries, params) writes at most sizeof(struct io_uring_params)
     // (120 bytes) into `params`, which is exactly that large and lives across the call.
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 2u32, params.as_mut_ptr()) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: `fd` is the ring fd just created and owned by nobody else.
+    // SAFETY: (FFI) `fd` is the ring fd just created and owned by nobody else.
     drop(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
     Ok(())
 }
@@ -368,12 +368,13 @@ impl Harness {
     ///
     /// # Safety
     ///
-    /// As [`Driver::push`]: everything `op` points to, and its fd, stay valid until its final
-    /// completion has been seen (declare them before the harness).
+    /// (I2, I3) Everything `op` points to, and its fd, stay valid until its final completion has
+    /// been seen (declare them before the harness), as [`Driver::push`] requires.
     pub unsafe fn push(&mut self, op: Op) -> Ticket {
         let ud = self.next_ud;
         self.next_ud += 1;
-        // SAFETY: the caller upholds the contract of `push_as`.
+        // SAFETY: (I2, I3) the caller of `push` keeps everything `op` points to, and its fd, valid
+        // until its final completion has been seen, which is what `push_as` requires.
         unsafe { self.push_as(op, ud) }
     }
 
@@ -381,14 +382,16 @@ impl Harness {
     ///
     /// # Safety
     ///
-    /// As [`Harness::push`].
+    /// (I2, I3) Everything `op` points to, and its fd, stay valid until its final completion has
+    /// been seen (declare them before the harness), as [`Driver::push`] requires.
     pub unsafe fn push_as(&mut self, op: Op, ud: u64) -> Ticket {
         assert!(
             !self.ops.contains_key(&ud),
             "{}: user_data {ud:#x} used twice by the test",
             self.name
         );
-        // SAFETY: the caller promises that `op`'s memory and fd outlive its final completion.
+        // SAFETY: (I2, I3) the caller promises that `op`'s memory and fd outlive its final
+        // completion.
         let id = unsafe { self.driver.push(op, ud) };
         self.ops.insert(
             ud,
@@ -742,7 +745,7 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 /// Takes ownership of a fresh fd returned by a system call.
 pub fn own(fd: RawFd) -> OwnedFd {
     assert!(fd >= 0, "not an fd: {fd}");
-    // SAFETY: callers pass an fd that was just created for them and that nothing else owns.
+    // SAFETY: (FFI) callers pass an fd that was just created for them and that nothing else owns.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
@@ -752,10 +755,10 @@ pub fn raise_nofile() {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: `rl` is a valid rlimit that getrlimit fills.
+    // SAFETY: (FFI) `rl` is a valid rlimit that getrlimit fills.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 && rl.rlim_cur < rl.rlim_max {
         rl.rlim_cur = rl.rlim_max;
-        // SAFETY: `rl` is a valid rlimit read above.
+        // SAFETY: (FFI) `rl` is a valid rlimit read above.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) };
     }
 }
@@ -770,7 +773,7 @@ pub fn fd_count() -> usize {
 /// A pipe `(read end, write end)`, both close-on-exec and blocking.
 pub fn pipe() -> (OwnedFd, OwnedFd) {
     let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` has room for the two fds pipe2 writes.
+    // SAFETY: (FFI) `fds` has room for the two fds pipe2 writes.
     cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }).expect("pipe2");
     (own(fds[0]), own(fds[1]))
 }
@@ -778,7 +781,7 @@ pub fn pipe() -> (OwnedFd, OwnedFd) {
 /// A connected AF_UNIX stream socket pair, close-on-exec and blocking.
 pub fn socketpair() -> (OwnedFd, OwnedFd) {
     let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` has room for the two fds socketpair writes.
+    // SAFETY: (FFI) `fds` has room for the two fds socketpair writes.
     cvt(unsafe {
         libc::socketpair(
             libc::AF_UNIX,
@@ -793,7 +796,7 @@ pub fn socketpair() -> (OwnedFd, OwnedFd) {
 
 /// A blocking eventfd with counter 0.
 pub fn eventfd() -> OwnedFd {
-    // SAFETY: eventfd takes no pointers.
+    // SAFETY: (FFI) eventfd takes no pointers.
     own(cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) }).expect("eventfd"))
 }
 
@@ -811,7 +814,7 @@ pub fn eventfd_take(fd: impl AsFd) -> u64 {
 
 /// A TCP socket (AF_INET, close-on-exec, blocking), not connected.
 pub fn tcp_socket() -> OwnedFd {
-    // SAFETY: socket takes no pointers.
+    // SAFETY: (FFI) socket takes no pointers.
     own(
         cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })
             .expect("socket"),
@@ -835,7 +838,7 @@ pub fn tcp_pair() -> (TcpStream, TcpStream) {
 
 /// A socket address as a `sockaddr_storage` and its length.
 pub fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid (AF_UNSPEC) value.
+    // SAFETY: (FFI) sockaddr_storage is plain old data; all zeroes is a valid (AF_UNSPEC) value.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match addr {
         SocketAddr::V4(a) => {
@@ -847,7 +850,7 @@ pub fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t
                 },
                 sin_zero: [0; 8],
             };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            // SAFETY: (FFI) sockaddr_storage is larger than and aligned for sockaddr_in.
             unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
             std::mem::size_of::<libc::sockaddr_in>()
         }
@@ -861,7 +864,7 @@ pub fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t
                 },
                 sin6_scope_id: a.scope_id(),
             };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            // SAFETY: (FFI) sockaddr_storage is larger than and aligned for sockaddr_in6.
             unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
             std::mem::size_of::<libc::sockaddr_in6>()
         }
@@ -876,7 +879,7 @@ pub fn port_of(ss: &libc::sockaddr_storage) -> u16 {
         libc::AF_INET,
         "not an AF_INET address"
     );
-    // SAFETY: the family says the storage holds a sockaddr_in, which it is aligned for.
+    // SAFETY: (FFI) the family says the storage holds a sockaddr_in, which it is aligned for.
     let sin = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
     u16::from_be(sin.sin_port)
 }
@@ -901,7 +904,7 @@ pub fn tempfile() -> File {
 
 /// The file status flags (`F_GETFL`).
 pub fn status_flags(fd: impl AsFd) -> i32 {
-    // SAFETY: F_GETFL takes no pointer argument.
+    // SAFETY: (FFI) F_GETFL takes no pointer argument.
     cvt(unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_GETFL) }).expect("F_GETFL")
 }
 
@@ -909,19 +912,19 @@ pub fn status_flags(fd: impl AsFd) -> i32 {
 pub fn set_nonblocking(fd: impl AsFd) {
     let raw = fd.as_fd().as_raw_fd();
     let fl = status_flags(fd);
-    // SAFETY: F_SETFL takes an integer argument.
+    // SAFETY: (FFI) F_SETFL takes an integer argument.
     cvt(unsafe { libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK) }).expect("F_SETFL");
 }
 
 /// Whether `FD_CLOEXEC` is set on the fd.
 pub fn is_cloexec(fd: impl AsFd) -> bool {
-    // SAFETY: F_GETFD takes no pointer argument.
+    // SAFETY: (FFI) F_GETFD takes no pointer argument.
     let fl = cvt(unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_GETFD) }).expect("F_GETFD");
     fl & libc::FD_CLOEXEC != 0
 }
 
 fn set_cloexec(fd: RawFd) {
-    // SAFETY: F_SETFD takes an integer argument.
+    // SAFETY: (FFI) F_SETFD takes an integer argument.
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }).expect("F_SETFD");
 }
 
@@ -969,7 +972,7 @@ pub fn poll_now(fd: impl AsFd, events: i16) -> i16 {
         events,
         revents: 0,
     };
-    // SAFETY: `p` is one valid pollfd for the duration of the call.
+    // SAFETY: (FFI) `p` is one valid pollfd for the duration of the call.
     cvt(unsafe { libc::poll(&mut p, 1, 0) }).expect("poll");
     p.revents
 }
@@ -986,7 +989,7 @@ pub struct Pty {
 /// non-blocking.
 pub fn pty() -> Pty {
     let (mut m, mut s) = (-1 as RawFd, -1 as RawFd);
-    // SAFETY: `m` and `s` are writable c_ints; the name, termios and winsize pointers may be
+    // SAFETY: (FFI) `m` and `s` are writable c_ints; the name, termios and winsize pointers may be
     // null.
     cvt(unsafe {
         libc::openpty(
@@ -1002,13 +1005,13 @@ pub fn pty() -> Pty {
     set_cloexec(m);
     set_cloexec(s);
     let mut t = MaybeUninit::<libc::termios>::uninit();
-    // SAFETY: `t` is a writable termios buffer; `s` is an open terminal.
+    // SAFETY: (FFI) `t` is a writable termios buffer; `s` is an open terminal.
     cvt(unsafe { libc::tcgetattr(s, t.as_mut_ptr()) }).expect("tcgetattr");
-    // SAFETY: tcgetattr succeeded, so `t` is initialised.
+    // SAFETY: (FFI) tcgetattr succeeded, so `t` is initialised.
     let mut t = unsafe { t.assume_init() };
-    // SAFETY: `t` is a valid termios that cfmakeraw edits in place.
+    // SAFETY: (FFI) `t` is a valid termios that cfmakeraw edits in place.
     unsafe { libc::cfmakeraw(&mut t) };
-    // SAFETY: `t` is a valid termios; `s` is an open terminal.
+    // SAFETY: (FFI) `t` is a valid termios; `s` is an open terminal.
     cvt(unsafe { libc::tcsetattr(s, libc::TCSANOW, &t) }).expect("tcsetattr");
     set_nonblocking(&master);
     Pty { master, slave }

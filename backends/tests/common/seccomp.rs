@@ -59,7 +59,7 @@ pub fn deny_syscalls(syscalls: &[libc::c_long], errno: i32, scope: Scope) -> io:
         len: prog.len() as libc::c_ushort,
         filter: prog.as_mut_ptr(),
     };
-    // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only. It is required to install a
+    // SAFETY: (FFI) PR_SET_NO_NEW_PRIVS takes integer arguments only. It is required to install a
     // filter without CAP_SYS_ADMIN and harmless with it.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(io::Error::last_os_error());
@@ -68,7 +68,7 @@ pub fn deny_syscalls(syscalls: &[libc::c_long], errno: i32, scope: Scope) -> io:
         Scope::ThisThread => 0,
         Scope::AllThreads => libc::SECCOMP_FILTER_FLAG_TSYNC,
     };
-    // SAFETY: `fprog` points to `prog`, a valid BPF program of `fprog.len` instructions that
+    // SAFETY: (FFI) `fprog` points to `prog`, a valid BPF program of `fprog.len` instructions that
     // lives across the call; the kernel copies it.
     let r = unsafe {
         libc::syscall(
