@@ -96,7 +96,8 @@ where
 {
     fn complete(self: Box<Self>, lp: &Loop, res: i32) {
         let r = result(res).map(|fd| {
-            // SAFETY: a successful accept returned a new fd that nobody else owns.
+            // SAFETY: (FFI) `fd` is the new fd that a successful accept just returned, and nothing
+            // else owns it.
             let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
             (fd, sockaddr_to(&self.addr))
         });
@@ -105,8 +106,8 @@ where
 
     fn discard(self: Box<Self>, res: i32) {
         if res >= 0 {
-            // SAFETY: the accept succeeded after all (it won the race with cancellation); the
-            // new fd belongs to nobody else, so the loop closes it.
+            // SAFETY: (FFI) the accept succeeded after all (it won the race with cancellation):
+            // `res` is the new fd it returned, which nothing else owns, so the loop closes it.
             drop(unsafe { OwnedFd::from_raw_fd(res) });
         }
     }
@@ -175,10 +176,10 @@ impl Loop {
                 flags: 0,
             },
         };
-        // SAFETY: the buffer is owned by `pending`, which the loop keeps in its operation table
-        // until the final completion; moving the Box does not move the Vec's heap memory (I2).
-        // The caller keeps `fd` open until the callback (documented rule; a closed fd only
-        // makes the operation fail) (I3).
+        // SAFETY: (I2, I3) the buffer is owned by `pending`, which the loop keeps in its operation
+        // table until the final completion, and moving the Box does not move the Vec's heap memory;
+        // the caller keeps `fd` open until the callback (documented rule; a closed fd only makes
+        // the operation fail).
         let key = unsafe { self.push_op(op, OpKind::Io(pending)) };
         IoId {
             serial: self.inner.serial,
@@ -297,7 +298,8 @@ impl Loop {
     {
         let fd = listener.raw_fd();
         let mut pending = Box::new(AcceptOp {
-            // SAFETY: sockaddr_storage is plain old data; zero is a valid value.
+            // SAFETY: (FFI) sockaddr_storage is plain old data for which all zeroes is a valid
+            // value.
             addr: unsafe { std::mem::zeroed() },
             addrlen: std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
             callback,
@@ -313,8 +315,9 @@ impl Loop {
             flags,
             multishot: false,
         };
-        // SAFETY: the address buffers live inside the boxed `pending`, which the loop keeps
-        // until the final completion (I2); the caller keeps `listener` open (I3).
+        // SAFETY: (I2, I3) the address buffers live inside the boxed `pending`, which the loop
+        // keeps in its operation table until the final completion; the caller keeps `listener` open
+        // until the callback.
         let key = unsafe { self.push_op(op, OpKind::Io(pending)) };
         IoId {
             serial: self.inner.serial,
@@ -344,8 +347,9 @@ impl Loop {
             addr: &pending.addr,
             addrlen,
         };
-        // SAFETY: the address lives inside the boxed `pending`, kept until the final completion
-        // (I2); the caller keeps `socket` open (I3).
+        // SAFETY: (I2, I3) the address lives inside the boxed `pending`, which the loop keeps in
+        // its operation table until the final completion; the caller keeps `socket` open until the
+        // callback.
         let key = unsafe { self.push_op(op, OpKind::Io(pending)) };
         IoId {
             serial: self.inner.serial,

@@ -78,31 +78,35 @@ fn record(size: usize) {
     }
 }
 
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
+// SAFETY: (FFI) every method forwards to `System` with the caller's arguments unchanged, so the
 // `GlobalAlloc` contract is `System`'s; `record` only touches thread-locals and atomics (and,
-// guarded against re-entrance, captures and prints a backtrace, which allocates through this
-// same allocator without being counted).
+// guarded against re-entrance, captures and prints a backtrace, which allocates through this same
+// allocator without being counted).
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         record(layout.size());
-        // SAFETY: forwarded from the caller (a non-zero-sized layout).
+        // SAFETY: (FFI) the caller of `alloc` passes a non-zero-sized layout, which is forwarded to
+        // `System.alloc` unchanged.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         record(layout.size());
-        // SAFETY: forwarded from the caller.
+        // SAFETY: (FFI) the caller of `alloc_zeroed` passes a non-zero-sized layout, which is
+        // forwarded to `System.alloc_zeroed` unchanged.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         record(new_size);
-        // SAFETY: forwarded from the caller (`ptr` was allocated by `System` with `layout`).
+        // SAFETY: (FFI) the caller of `realloc` passes a `ptr` that this allocator, that is
+        // `System`, allocated with `layout`, and a valid `new_size`, forwarded unchanged.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded from the caller.
+        // SAFETY: (FFI) the caller of `dealloc` passes a `ptr` that this allocator, that is
+        // `System`, allocated with `layout`, forwarded unchanged.
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -170,11 +174,12 @@ fn poll_dispatch(name: &str, lp: &Loop) {
     let (c, e) = (calls.clone(), errors.clone());
     lp.start_poll(fd, Interest::READABLE, move |_, ready| {
         let mut v = 0u64;
-        // SAFETY: `v` is a live, writable 8-byte buffer; `fd` is open (owned by `efd`, which
-        // is dropped only after the registration is detached).
+        // SAFETY: (FFI) `v` is a live, writable 8-byte buffer for the call; `fd` is open (owned by
+        // `efd`, which is dropped only after the registration is detached).
         let r = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
         let one = 1u64;
-        // SAFETY: `one` is a live 8-byte buffer; `fd` is open (as above).
+        // SAFETY: (FFI) `one` is a live 8-byte buffer for the call; `fd` is open (owned by `efd`,
+        // which is dropped only after the registration is detached).
         let w = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
         if r != 8 || w != 8 || !ready.is_readable() {
             e.set(e.get() + 1);
@@ -346,7 +351,8 @@ fn multishot_recv(name: &str, lp: &Loop) {
     let fd = b.as_raw_fd();
     let one = || {
         let want = bytes.get() + 8;
-        // SAFETY: an 8-byte live buffer; `fd` is open (owned by `b`).
+        // SAFETY: (FFI) the array is a live 8-byte buffer for the call; `fd` is open (owned by
+        // `b`).
         let w = unsafe { libc::write(fd, [1u8; 8].as_ptr().cast(), 8) };
         assert_eq!(w, 8);
         while bytes.get() < want && finals.get() == 0 {

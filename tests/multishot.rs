@@ -201,7 +201,8 @@ backend_tests! {
         let seen = Rc::new(RefCell::new(Seen::default()));
         lp.recv_multishot(&server, &pool, recorder(&seen)).unwrap();
         let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-        // SAFETY: a valid linger struct for a live socket: close then sends RST.
+        // SAFETY: (FFI) `linger` is a valid linger struct of the size passed, read during the call,
+        // and `client` is an open socket; close then sends RST.
         let r = unsafe {
             libc::setsockopt(
                 client.as_raw_fd(),

@@ -49,7 +49,8 @@ struct Mapping {
 
 impl Mapping {
     fn new(len: usize) -> io::Result<Mapping> {
-        // SAFETY: an anonymous private mapping touches no existing memory; the result is checked.
+        // SAFETY: (FFI) an anonymous private mapping takes no pointer to existing memory (the
+        // address hint is null); the result is checked.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -64,7 +65,8 @@ impl Mapping {
             return Err(io::Error::last_os_error());
         }
         // fork: the child must not share the pages the kernel writes into (as for the ring).
-        // SAFETY: `p..p+len` is the mapping just made; MADV_DONTFORK only changes fork's copy.
+        // SAFETY: (FFI) `p..p+len` is the mapping just made; MADV_DONTFORK only changes what fork
+        // copies.
         unsafe { libc::madvise(p, len, libc::MADV_DONTFORK) };
         Ok(Mapping {
             ptr: NonNull::new(p.cast())
@@ -76,7 +78,8 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: the mapping was made by `Mapping::new` with this length and is unmapped once.
+        // SAFETY: (FFI) the mapping was made by `Mapping::new` with this length and is unmapped
+        // once, here.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
@@ -164,13 +167,14 @@ impl BufRing {
 
     fn entry(&self, index: u16) -> *mut BufRingEntry {
         let i = usize::from(index & (self.entries - 1));
-        // SAFETY: `i < entries`, and the mapping holds `entries` descriptors.
+        // SAFETY: (FFI) `i < entries` and the mapping holds `entries` descriptors, so the offset
+        // stays inside it.
         unsafe { self.ring.ptr.as_ptr().cast::<BufRingEntry>().add(i) }
     }
 
     /// The ring's shared tail (the `resv` field of descriptor 0, as the kernel defines it).
     fn shared_tail(&self) -> &AtomicU16 {
-        // SAFETY: descriptor 0 lives as long as `self`; its `resv` u16 is 2-aligned and only
+        // SAFETY: (FFI) descriptor 0 lives as long as `self`; its `resv` u16 is 2-aligned and only
         // ever accessed atomically (by us and by the kernel).
         unsafe { AtomicU16::from_ptr(BufRingEntry::tail(self.entry(0)).cast_mut()) }
     }
@@ -179,9 +183,9 @@ impl BufRing {
     fn put(&self, bid: u16) {
         let t = self.tail.get();
         let e = self.entry(t);
-        // SAFETY: the slot at the tail is not in use by the consumer (the ring holds at most
-        // `count ≤ entries` buffers, and this one was out of it). Only addr, len and bid are
-        // written: `resv` of descriptor 0 is the shared tail.
+        // SAFETY: (FFI) the slot at the tail is in the mapping and not read by the consumer until
+        // `publish` (the ring holds at most `count ≤ entries` buffers, and this one was out of it);
+        // only addr, len and bid are written, since `resv` of descriptor 0 is the shared tail.
         unsafe {
             (*e).set_addr(self.data.ptr.as_ptr() as u64 + u64::from(bid) * u64::from(self.size));
             (*e).set_len(self.size);
@@ -198,8 +202,8 @@ impl BufRing {
     ///
     /// # Safety
     ///
-    /// `bid` was handed out by a completion and not recycled since: a buffer
-    /// in the ring twice could be filled twice at once.
+    /// (I2) `bid` was handed out by a completion and not recycled since: a buffer in the ring
+    /// twice could be filled twice at once.
     pub unsafe fn recycle(&self, bid: u16) {
         debug_assert!(bid < self.count);
         self.put(bid);
@@ -210,13 +214,15 @@ impl BufRing {
     ///
     /// # Safety
     ///
-    /// `bid` is out of the ring (handed out by a completion and not recycled yet), so nothing
-    /// writes it while the slice lives; `len ≤ buf_size()`.
+    /// (I2) `bid` is out of the ring (handed out by a completion and not recycled yet), so
+    /// nothing writes it while the slice lives; `len ≤ buf_size()`.
     pub unsafe fn chunk(&self, bid: u16, len: u32) -> &[u8] {
         debug_assert!(bid < self.count && len <= self.size);
         let off = usize::from(bid) * self.size as usize;
-        // SAFETY: in bounds of the data mapping (see the contract); initialised memory (the
-        // mapping is zero-filled and written only by receives).
+        // SAFETY: (I2, FFI) `off + len` is in bounds of the data mapping (`bid < count`, `len ≤
+        // size`, the caller's contract) and the memory is initialised (the mapping is zero-filled
+        // and written only by receives); buffer `bid` is out of the ring, so no receive writes it
+        // while the slice lives.
         unsafe { std::slice::from_raw_parts(self.data.ptr.as_ptr().add(off), len as usize) }
     }
 }
@@ -237,21 +243,24 @@ impl std::fmt::Debug for BufRing {
 ///
 /// # Safety
 ///
-/// `ring` points to a live [`BufRing`] that is not registered with io_uring (I2), and `fd` is
-/// open (I3).
+/// (I2, I3) `ring` points to a live [`BufRing`] that is not registered with io_uring, and `fd`
+/// is open.
 pub(crate) unsafe fn recv_into(ring: *const BufRing, fd: RawFd, flags: i32) -> i32 {
-    // SAFETY: the caller keeps the ring alive (I2).
+    // SAFETY: (I2) the caller of `recv_into` keeps the ring alive and unmoved until the receive's
+    // final completion, so the pointer is valid for this call.
     let ring = unsafe { &*ring };
     let head = ring.head.get();
     if head == ring.tail.get() {
         return -libc::ENOBUFS;
     }
     let e = ring.entry(head);
-    // SAFETY: `e` is a descriptor between head and tail: a buffer of the ring, which nobody
-    // else reads or writes until it is handed out.
+    // SAFETY: (FFI) `e` is a descriptor in the mapping between head and tail: a buffer of the ring,
+    // which nobody else reads or writes until it is handed out.
     let (addr, len, bid) = unsafe { ((*e).addr(), (*e).len(), (*e).bid()) };
     let r = loop {
-        // SAFETY: `addr..addr+len` is buffer `bid` of the ring's data mapping (see above).
+        // SAFETY: (I2, I3) `addr..addr+len` is buffer `bid` of the ring's data mapping, which the
+        // caller keeps alive, and it is not registered with io_uring, so only this receive writes
+        // it; the caller keeps `fd` open.
         let n = unsafe { libc::recv(fd, addr as *mut libc::c_void, len as usize, flags) };
         let r = to_result(n);
         if r != -libc::EINTR {

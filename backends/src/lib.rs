@@ -495,15 +495,17 @@ impl Driver {
     ///
     /// # Safety
     ///
-    /// Every pointer in `op` must stay valid (and the memory it points to unmoved and, for
-    /// reads, not otherwise accessed) and `op`'s fd must stay open until the final completion
-    /// for the returned [`OpId`] has been returned by [`Driver::wait`] or [`Driver::shutdown`]
-    /// (invariants I2 and I3). For `Close`, the fd is transferred to the driver.
+    /// (I2, I3) Every pointer in `op` must stay valid (and the memory it points to unmoved and,
+    /// for reads, not otherwise accessed) and `op`'s fd must stay open until the final completion
+    /// for the returned [`OpId`] has been returned by [`Driver::wait`] or [`Driver::shutdown`].
+    /// For `Close`, the fd is transferred to the driver.
     pub unsafe fn push(&mut self, op: Op, user_data: u64) -> OpId {
         match self {
-            // SAFETY: the caller upholds I2/I3 for `op`, which is what `Uring::push` requires.
+            // SAFETY: (I2, I3) the caller of `push` keeps `op`'s memory valid and unmoved and its
+            // fd open until its final completion, which is what `Uring::push` requires.
             Driver::Uring(d) => unsafe { d.push(op, user_data) },
-            // SAFETY: as above, for `Epoll::push`.
+            // SAFETY: (I2, I3) the caller of `push` keeps `op`'s memory valid and unmoved and its
+            // fd open until its final completion, which is what `Epoll::push` requires.
             Driver::Epoll(d) => unsafe { d.push(op, user_data) },
         }
     }
@@ -515,8 +517,8 @@ impl Driver {
     ///
     /// # Safety
     ///
-    /// `ring` must stay valid and unmoved until [`Driver::unregister_buf_ring`] or the driver's
-    /// drop, whichever comes first (I2).
+    /// (I2) `ring` must stay valid and unmoved until [`Driver::unregister_buf_ring`] or the
+    /// driver's drop, whichever comes first.
     ///
     /// # Errors
     ///
@@ -524,7 +526,9 @@ impl Driver {
     /// registered or 65,535 groups are in use.
     pub unsafe fn register_buf_ring(&mut self, ring: &BufRing) -> io::Result<()> {
         match self {
-            // SAFETY: forwarded from this function's contract.
+            // SAFETY: (I2) the caller of `register_buf_ring` keeps `ring` valid and unmoved until
+            // it is unregistered or the driver is dropped, which is what `Uring::register_buf_ring`
+            // requires.
             Driver::Uring(d) => unsafe { d.register_buf_ring(ring) },
             Driver::Epoll(_) => Ok(()),
         }

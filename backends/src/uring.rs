@@ -280,9 +280,9 @@ impl Uring {
     ///
     /// # Safety
     ///
-    /// Every pointer in `op` must stay valid (and the memory unmoved and, for reads, not
+    /// (I2, I3) Every pointer in `op` must stay valid (and the memory unmoved and, for reads, not
     /// otherwise accessed), and its fd open, until the final completion for the returned id has
-    /// been returned by [`Uring::wait`] or [`Uring::shutdown`] (I2, I3). For `Close`, the fd is
+    /// been returned by [`Uring::wait`] or [`Uring::shutdown`]. For `Close`, the fd is
     /// transferred to the driver.
     pub unsafe fn push(&mut self, op: Op, user_data: u64) -> OpId {
         let mut st = OpState::new(op, user_data);
@@ -309,7 +309,8 @@ impl Uring {
                 addrlen,
                 ..
             } if !addr.is_null() && !addrlen.is_null() => {
-                // SAFETY: the caller keeps `addrlen` valid until the final completion (I2).
+                // SAFETY: (I2) the caller of `push` keeps `addrlen`, when non-null, valid and
+                // unmoved until the accept's final completion, so it can be read here.
                 unsafe { addrlen.read() }
             }
             _ => 0,
@@ -519,8 +520,8 @@ impl Uring {
     ///
     /// # Safety
     ///
-    /// `ring` stays valid and unmoved until [`Uring::unregister_buf_ring`] or the driver's drop
-    /// (I2).
+    /// (I2) `ring` stays valid and unmoved until [`Uring::unregister_buf_ring`] or the driver's
+    /// drop.
     ///
     /// # Errors
     ///
@@ -544,8 +545,10 @@ impl Uring {
             None => return Err(io::Error::from_raw_os_error(libc::EBUSY)),
         };
         let (addr, entries) = ring.ring_addr();
-        // SAFETY: `addr` is the ring's page-aligned descriptor mapping of `entries` entries,
-        // valid until unregistered or the ring fd closes (this function's contract, I2).
+        // SAFETY: (I2, FFI) `addr` is the ring's page-aligned descriptor mapping of `entries`
+        // entries, which the caller of this function keeps valid and unmoved until it is
+        // unregistered or the driver is dropped (this function's contract); the kernel reads it
+        // only while registered.
         let r = unsafe {
             self.ring
                 .submitter()
@@ -663,16 +666,18 @@ impl Uring {
 
     /// Puts `sqe` in the SQ, submitting a full SQ first. `false` if it still does not fit.
     fn push_sqe(&mut self, sqe: &squeue::Entry) -> bool {
-        // SAFETY: an SQE built here points only to memory of an operation in `self.ops`, which
-        // the caller of `push` keeps valid, with its fd open, until the operation's final
-        // completion; the operation leaves `self.ops` only after its final CQE (I1, I2, I3).
-        // Poll and cancel SQEs point to no memory.
+        // SAFETY: (I1, I2, I3) an SQE built here points only to memory of an operation in
+        // `self.ops`, which the caller of `push` keeps valid and unmoved, with its fd open, until
+        // the operation's final completion; the operation leaves `self.ops` only after its final
+        // CQE. Poll and cancel SQEs point to no memory.
         if unsafe { self.ring.submission().push(sqe) }.is_ok() {
             return true;
         }
         // Errors leave the SQEs queued; the caller then keeps the work in user space.
         let _ = self.enter(0, None, true);
-        // SAFETY: as above.
+        // SAFETY: (I1, I2, I3) the SQE points only to memory of an operation in `self.ops` (or, for
+        // poll and cancel SQEs, to none), which stays valid and unmoved, with its fd open, until
+        // its final CQE, before which the operation does not leave `self.ops`.
         unsafe { self.ring.submission().push(sqe) }.is_ok()
     }
 
@@ -763,8 +768,9 @@ impl Uring {
                 continue;
             }
             if let Op::Accept { addrlen, .. } = st.op {
-                // SAFETY: `addrlen` stays valid until the operation's final completion (I2), and
-                // the caller was done with the previous address when it called `wait`.
+                // SAFETY: (I2) the caller of `push` keeps `addrlen` valid and unmoved until the
+                // accept's final completion, and was done with the previous address when it called
+                // `wait`.
                 unsafe { addrlen.write(st.addr_cap) };
             }
             self.issue(id);
@@ -809,9 +815,9 @@ impl Uring {
         // GETEVENTS always: with DEFER_TASKRUN it is what runs completions, and it flushes a CQ
         // overflow. EXT_ARG: `args` carries the timeout.
         let flags = (EnterFlags::GETEVENTS | EnterFlags::EXT_ARG).bits();
-        // SAFETY: `args` is a valid `io_uring_getevents_arg` (SubmitArgs is repr(transparent))
-        // whose timespec outlives the call; the SQEs submitted point to memory kept valid until
-        // their operations' final CQEs (I2, I3).
+        // SAFETY: (I2, I3, FFI) `args` is a valid `io_uring_getevents_arg` (SubmitArgs is
+        // repr(transparent)) whose timespec outlives the call; the SQEs submitted point to memory
+        // kept valid and unmoved, with their fds open, until their operations' final CQEs.
         unsafe {
             self.ring
                 .submitter()
@@ -835,9 +841,10 @@ impl Uring {
             .timespec(&ts)
             .min_wait_usec(self.batch_wait_us);
         let flags = (EnterFlags::GETEVENTS | EnterFlags::EXT_ARG).bits();
-        // SAFETY: as in `enter`: `args` is a valid `io_uring_getevents_arg` whose timespec
-        // outlives the call; the SQEs point to memory kept valid until their operations' final
-        // CQEs (I2, I3).
+        // SAFETY: (I2, I3, FFI) `args` is a valid `io_uring_getevents_arg` (SubmitArgs is
+        // repr(transparent)) whose timespec and minimum wait outlive the call; the SQEs submitted
+        // point to memory kept valid and unmoved, with their fds open, until their operations'
+        // final CQEs.
         unsafe {
             self.ring
                 .submitter()
@@ -893,8 +900,10 @@ impl Uring {
                 let Op::RecvMulti { fd, ring, flags } = st.op else {
                     unreachable!()
                 };
-                // SAFETY: the ring stays valid until the final completion and is not registered
-                // (the kernel lacks multishot receive), and the fd is open (I2, I3).
+                // SAFETY: (I2, I3) the caller of `push` keeps the ring valid and unmoved until the
+                // receive's final completion, and it is not registered with io_uring (the kernel
+                // lacks multishot receive), so only this user-space receive fills it; the fd stays
+                // open until then.
                 match unsafe { crate::bufring::recv_into(ring, fd, flags | libc::MSG_DONTWAIT) } {
                     r if r > 0 => Action::ReportAndRearm(r),
                     r if r == -libc::EAGAIN || r == -libc::EINTR => Action::Issue,
@@ -902,8 +911,8 @@ impl Uring {
                 }
             }
             Step::Poll if st.tty || matches!(st.op, Op::Connect { .. }) => {
-                // SAFETY: the operation is in `self.ops`, so its buffers are valid and its fd
-                // open (I2, I3).
+                // SAFETY: (I2, I3) the operation is in `self.ops`, not finished yet, so the caller
+                // of `push` still keeps its buffers valid and unmoved and its fd open.
                 match unsafe { ops::after_poll(&st.op) } {
                     r if r == -libc::EAGAIN && ops::hung_up_without(&st.op, res) => {
                         // A hang-up (or error) without the readiness the operation needs, and

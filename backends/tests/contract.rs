@@ -97,7 +97,8 @@ both_backends!(
 
 fn nop(b: Backend) {
     let mut h = b.harness();
-    // SAFETY: Nop references no memory and no fd.
+    // SAFETY: (I2, I3) Nop references no memory and no fd, so nothing has to stay valid or open
+    // until its final completion.
     let t = unsafe { h.push(Op::Nop) };
     assert_eq!(h.run_until_final(t), 0);
 }
@@ -114,7 +115,8 @@ fn user_data_passes_through(b: Backend) {
     ];
     let ts: Vec<_> = uds
         .iter()
-        // SAFETY: Nop references no memory and no fd.
+        // SAFETY: (I2, I3) Nop references no memory and no fd, so nothing has to stay valid or open
+        // until its final completion.
         .map(|&ud| unsafe { h.push_as(Op::Nop, ud) })
         .collect();
     h.run_until_idle();
@@ -128,10 +130,12 @@ fn pipe_read_waits_for_write(b: Backend) {
     let mut buf = [0u8; 64];
     let msg = b"hello, pipe";
     let mut h = b.harness();
-    // SAFETY: `buf` and `r` are declared before the harness and outlive the final completion.
+    // SAFETY: (I2, I3) `buf` and `r` are declared before the harness, whose drop waits for the
+    // read's final completion, so the buffer stays valid and the pipe open until then.
     let rt = unsafe { h.push(read_op(&r, &mut buf, None)) };
     h.expect_quiet(rt, ms(50), "nothing written yet");
-    // SAFETY: `msg` is static; `w` outlives the harness.
+    // SAFETY: (I2, I3) `msg` is static; `w` is declared before the harness, so it stays open until
+    // the write's final completion.
     let wt = unsafe { h.push(write_op(&w, msg, None)) };
     h.run_until_all(&[rt, wt]);
     assert_count(h.fin(wt), msg.len(), "write");
@@ -152,20 +156,25 @@ fn file_read_write_offsets(b: Backend) {
     let mut seq2 = [0u8; 6];
     let mut h = b.harness();
 
-    // SAFETY: (all pushes below) the buffers and `file` are declared before the harness.
+    // SAFETY: (I2, I3) `head` and `file` are declared before the harness, whose drop waits for
+    // every final completion: the buffer stays valid and the file open until the write ends.
     let w1 = unsafe { h.push(write_op(fd, head, Some(0))) };
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `tail` and `file` are declared before the harness: the buffer stays valid
+    // and the file open until the write's final completion.
     let w2 = unsafe { h.push(write_op(fd, tail, Some(100))) };
     h.run_until_all(&[w1, w2]);
     assert_count(h.fin(w1), head.len(), "pwrite at 0");
     assert_count(h.fin(w2), tail.len(), "pwrite at 100");
     assert_eq!(file.metadata().unwrap().len(), 102);
 
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `at6` and `file` are declared before the harness: the buffer stays valid and
+    // the file open until the read's final completion.
     let r1 = unsafe { h.push(read_op(fd, &mut at6, Some(6))) };
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `at100` and `file` are declared before the harness: the buffer stays valid
+    // and the file open until the read's final completion.
     let r2 = unsafe { h.push(read_op(fd, &mut at100, Some(100))) };
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `past_eof` and `file` are declared before the harness: the buffer stays
+    // valid and the file open until the read's final completion.
     let r3 = unsafe { h.push(read_op(fd, &mut past_eof, Some(1000))) };
     h.run_until_all(&[r1, r2, r3]);
     assert_count(h.fin(r1), 5, "pread at 6");
@@ -179,11 +188,13 @@ fn file_read_write_offsets(b: Backend) {
     );
 
     // Positional I/O left the file position at 0: reads without offset start there and move it.
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `seq1` and `file` are declared before the harness, and `seq1` is read only
+    // after the final completion: the buffer stays valid and the file open until then.
     let s1 = unsafe { h.push(read_op(fd, &mut seq1, None)) };
     assert_count(h.run_until_final(s1), 5, "read at the file position");
     assert_eq!(&seq1, b"hello");
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `seq2` and `file` are declared before the harness: the buffer stays valid
+    // and the file open until the read's final completion.
     let s2 = unsafe { h.push(read_op(fd, &mut seq2, None)) };
     assert_count(
         h.run_until_final(s2),
@@ -191,7 +202,8 @@ fn file_read_write_offsets(b: Backend) {
         "read at the advanced file position",
     );
     assert_eq!(&seq2, b" world");
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `bang` and `file` are declared before the harness: the buffer stays valid
+    // and the file open until the write's final completion.
     let s3 = unsafe { h.push(write_op(fd, bang, None)) };
     assert_count(h.run_until_final(s3), 1, "write at the file position");
     let mut check = [0u8; 1];
@@ -217,7 +229,8 @@ fn readv_writev_pipe_and_file(b: Backend) {
     let friov = [iov_mut(&mut g1), iov_mut(&mut g2)];
     let mut h = b.harness();
 
-    // SAFETY: (all pushes) iovecs, their buffers and the fds are declared before the harness.
+    // SAFETY: (I2, I3) `riov`, the buffers `q1` and `q2` it points to, and `r` are declared before
+    // the harness, whose drop waits for the readv's final completion.
     let rv = unsafe {
         h.push(Op::Readv {
             fd: r.as_raw_fd(),
@@ -226,7 +239,8 @@ fn readv_writev_pipe_and_file(b: Backend) {
             offset: None,
         })
     };
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `wiov`, the buffers `p1`, `p2` and `p3` it points to, and `w` are declared
+    // before the harness, so they stay valid and open until the writev's final completion.
     let wv = unsafe {
         h.push(Op::Writev {
             fd: w.as_raw_fd(),
@@ -241,7 +255,8 @@ fn readv_writev_pipe_and_file(b: Backend) {
     assert_eq!(&q1, b"ab");
     assert_eq!(&q2[..4], b"cdef");
 
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `fwiov`, the buffers `f1` and `f2` it points to, and `file` are declared
+    // before the harness, so they stay valid and open until the writev's final completion.
     let fw = unsafe {
         h.push(Op::Writev {
             fd: file.as_raw_fd(),
@@ -251,7 +266,8 @@ fn readv_writev_pipe_and_file(b: Backend) {
         })
     };
     assert_count(h.run_until_final(fw), 10, "pwritev at 4096");
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `friov`, the buffers `g1` and `g2` it points to, and `file` are declared
+    // before the harness, so they stay valid and open until the readv's final completion.
     let fr = unsafe {
         h.push(Op::Readv {
             fd: file.as_raw_fd(),
@@ -273,7 +289,8 @@ fn recv_send_socketpair(b: Backend) {
     let mut peek = [0u8; 64];
     let msg = b"ping";
     let mut h = b.harness();
-    // SAFETY: (all pushes) buffers and sockets are declared before the harness.
+    // SAFETY: (I2, I3) `buf` and `sb` are declared before the harness, whose drop waits for the
+    // recv's final completion.
     let rt = unsafe {
         h.push(Op::Recv {
             fd: sb.as_raw_fd(),
@@ -283,7 +300,8 @@ fn recv_send_socketpair(b: Backend) {
         })
     };
     h.expect_quiet(rt, ms(30), "nothing sent yet");
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `msg` and `sa` are declared before the harness, so the data stays valid and
+    // the socket open until the send's final completion.
     let st = unsafe {
         h.push(Op::Send {
             fd: sa.as_raw_fd(),
@@ -299,7 +317,8 @@ fn recv_send_socketpair(b: Backend) {
 
     // Flags reach the system call: MSG_PEEK leaves the data in the socket.
     write_all(&sa, b"pong");
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `peek` and `sb` are declared before the harness, so the buffer stays valid
+    // and the socket open until the peek's final completion.
     let pk = unsafe {
         h.push(Op::Recv {
             fd: sb.as_raw_fd(),
@@ -319,7 +338,8 @@ fn send_to_closed_peer_is_epipe(b: Backend) {
     drop(sb);
     let msg = b"into the void";
     let mut h = b.harness();
-    // SAFETY: `msg` is static; `sa` is declared before the harness.
+    // SAFETY: (I2, I3) `msg` is static; `sa` is declared before the harness, so it stays open until
+    // the send's final completion.
     let t = unsafe {
         h.push(Op::Send {
             fd: sa.as_raw_fd(),
@@ -338,7 +358,8 @@ fn sendmsg_recvmsg_pass_fd(b: Backend) {
     let (sa, sb) = socketpair();
     let (pr, pw) = pipe();
 
-    // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
+    // SAFETY: (FFI) CMSG_SPACE and CMSG_LEN only compute sizes from an integer; they touch no
+    // memory.
     let (space, len) = unsafe {
         (
             libc::CMSG_SPACE(size_of::<RawFd>() as u32) as usize,
@@ -350,14 +371,14 @@ fn sendmsg_recvmsg_pass_fd(b: Backend) {
     let sdata = *b"x";
     let mut siov = [iov(&sdata)];
     let mut scmsg = [0u64; CMSG_WORDS];
-    // SAFETY: msghdr is plain old data; all zeroes is a valid (empty) header.
+    // SAFETY: (FFI) msghdr is plain old data for which all zeroes is a valid (empty) header.
     let mut smsg: libc::msghdr = unsafe { std::mem::zeroed() };
     smsg.msg_iov = siov.as_mut_ptr();
     smsg.msg_iovlen = 1;
     smsg.msg_control = scmsg.as_mut_ptr().cast();
     smsg.msg_controllen = space as _;
-    // SAFETY: `smsg` points to a control buffer of `space` bytes, enough for one header and one
-    // fd, so CMSG_FIRSTHDR is non-null and CMSG_DATA has room for a RawFd.
+    // SAFETY: (FFI) `smsg` points to the control buffer `scmsg` of `space` bytes, enough for one
+    // header and one fd, so CMSG_FIRSTHDR is non-null and CMSG_DATA has room for a RawFd.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&smsg);
         assert!(!c.is_null());
@@ -370,7 +391,7 @@ fn sendmsg_recvmsg_pass_fd(b: Backend) {
     let mut rdata = [0u8; 8];
     let mut riov = [iov_mut(&mut rdata)];
     let mut rcmsg = [0u64; CMSG_WORDS];
-    // SAFETY: as above.
+    // SAFETY: (FFI) msghdr is plain old data for which all zeroes is a valid (empty) header.
     let mut rmsg: libc::msghdr = unsafe { std::mem::zeroed() };
     rmsg.msg_iov = riov.as_mut_ptr();
     rmsg.msg_iovlen = 1;
@@ -378,8 +399,8 @@ fn sendmsg_recvmsg_pass_fd(b: Backend) {
     rmsg.msg_controllen = (CMSG_WORDS * 8) as _;
 
     let mut h = b.harness();
-    // SAFETY: (both pushes) the headers, iovecs, data and control buffers and the sockets are
-    // declared before the harness.
+    // SAFETY: (I2, I3) `rmsg`, the iovec `riov`, the data and control buffers it points to, and
+    // `sb` are declared before the harness, whose drop waits for the recvmsg's final completion.
     let rt = unsafe {
         h.push(Op::RecvMsg {
             fd: sb.as_raw_fd(),
@@ -387,7 +408,9 @@ fn sendmsg_recvmsg_pass_fd(b: Backend) {
             flags: libc::MSG_CMSG_CLOEXEC,
         })
     };
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `smsg`, the iovec `siov`, `sdata`, the control buffer `scmsg` and `sa` are
+    // declared before the harness, so they stay valid and open until the sendmsg's final
+    // completion.
     let st = unsafe {
         h.push(Op::SendMsg {
             fd: sa.as_raw_fd(),
@@ -405,7 +428,8 @@ fn sendmsg_recvmsg_pass_fd(b: Backend) {
         "control data truncated"
     );
 
-    // SAFETY: the kernel filled `rcmsg` and set msg_controllen; the CMSG_* walk stays inside it.
+    // SAFETY: (FFI) the recvmsg has had its final completion: the kernel filled `rcmsg` and set
+    // msg_controllen, and the CMSG_* walk stays inside that buffer.
     let got = unsafe {
         let c = libc::CMSG_FIRSTHDR(&rmsg);
         assert!(!c.is_null(), "no control message received");
@@ -428,11 +452,12 @@ fn accept_and_connect(b: Backend) {
     let (listener, addr) = tcp_listener();
     let (sa, salen) = sockaddr_of(addr);
     let client = tcp_socket();
-    // SAFETY: sockaddr_storage is plain old data.
+    // SAFETY: (FFI) sockaddr_storage is plain old data for which all zeroes is a valid value.
     let mut peer: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut peerlen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     let mut h = b.harness();
-    // SAFETY: (both pushes) the addresses, lengths and sockets are declared before the harness.
+    // SAFETY: (I2, I3) `peer`, `peerlen` and `listener` are declared before the harness, whose drop
+    // waits for the accept's final completion.
     let at = unsafe {
         h.push(Op::Accept {
             fd: listener.as_raw_fd(),
@@ -442,7 +467,8 @@ fn accept_and_connect(b: Backend) {
             multishot: false,
         })
     };
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `sa` and `client` are declared before the harness, so the address stays
+    // valid and the socket open until the connect's final completion.
     let ct = unsafe {
         h.push(Op::Connect {
             fd: client.as_raw_fd(),
@@ -475,7 +501,8 @@ fn accept_and_connect(b: Backend) {
 
     // Null address, SOCK_NONBLOCK.
     let _c2 = TcpStream::connect(addr).unwrap();
-    // SAFETY: null address pointers are allowed; the listener outlives the harness.
+    // SAFETY: (I2, I3) null address pointers reference no memory; `listener` is declared before the
+    // harness, so it stays open until the accept's final completion.
     let a2 = unsafe {
         h.push(Op::Accept {
             fd: listener.as_raw_fd(),
@@ -499,7 +526,8 @@ fn accept_and_connect(b: Backend) {
 fn multishot_accept_then_cancel(b: Backend) {
     let (listener, addr) = tcp_listener();
     let mut h = b.harness();
-    // SAFETY: null address pointers are allowed; the listener outlives the harness.
+    // SAFETY: (I2, I3) null address pointers reference no memory; `listener` is declared before the
+    // harness, so it stays open until the multishot accept's final completion.
     let t = unsafe {
         h.push(Op::Accept {
             fd: listener.as_raw_fd(),
@@ -552,7 +580,8 @@ fn connect_to_closed_port_is_refused(b: Backend) {
     let nonblocking = tcp_socket();
     set_nonblocking(&nonblocking);
     let mut h = b.harness();
-    // SAFETY: (both) address and sockets are declared before the harness.
+    // SAFETY: (I2, I3) `sa` and `blocking` are declared before the harness, so the address stays
+    // valid and the socket open until the connect's final completion.
     let t1 = unsafe {
         h.push(Op::Connect {
             fd: blocking.as_raw_fd(),
@@ -560,7 +589,8 @@ fn connect_to_closed_port_is_refused(b: Backend) {
             addrlen: salen,
         })
     };
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `sa` and `nonblocking` are declared before the harness, so the address stays
+    // valid and the socket open until the connect's final completion.
     let t2 = unsafe {
         h.push(Op::Connect {
             fd: nonblocking.as_raw_fd(),
@@ -577,7 +607,8 @@ fn close_op(b: Backend) {
     let (r, w) = pipe();
     let mut h = b.harness();
     let rfd = r.into_raw_fd();
-    // SAFETY: the fd is transferred to the driver.
+    // SAFETY: (I3) `rfd` was taken out of its OwnedFd with into_raw_fd, so nothing else closes or
+    // uses it: the Close op owns it and no other op is in flight on it.
     let t = unsafe { h.push(Op::Close { fd: rfd }) };
     assert_eq!(h.run_until_final(t), 0, "close: {}", res(h.fin(t)));
     // The only read end is gone: the write end reports an error.
@@ -586,7 +617,7 @@ fn close_op(b: Backend) {
         0,
         "the pipe's read end is still open"
     );
-    // SAFETY: closing an invalid fd touches nothing.
+    // SAFETY: (I3) closing -1 refers to no open fd and touches nothing; no op is in flight on it.
     let bad = unsafe { h.push(Op::Close { fd: -1 }) };
     assert_errno(h.run_until_final(bad), libc::EBADF, "close(-1)");
 }
@@ -596,21 +627,24 @@ fn fsync_and_fdatasync(b: Backend) {
     file.write_all_at(&pattern(8192), 0).unwrap();
     let (r, _w) = pipe();
     let mut h = b.harness();
-    // SAFETY: (all) the fds are declared before the harness.
+    // SAFETY: (I3) `file` is declared before the harness, so it stays open until the fsync's final
+    // completion.
     let f = unsafe {
         h.push(Op::Fsync {
             fd: file.as_raw_fd(),
             datasync: false,
         })
     };
-    // SAFETY: as above.
+    // SAFETY: (I3) `file` is declared before the harness, so it stays open until the fdatasync's
+    // final completion.
     let d = unsafe {
         h.push(Op::Fsync {
             fd: file.as_raw_fd(),
             datasync: true,
         })
     };
-    // SAFETY: as above.
+    // SAFETY: (I3) `r` is declared before the harness, so it stays open until the fsync's final
+    // completion.
     let p = unsafe {
         h.push(Op::Fsync {
             fd: r.as_raw_fd(),
@@ -641,7 +675,8 @@ both_backends!(
 fn poll_readable_pipe(b: Backend) {
     let (r, w) = pipe();
     let mut h = b.harness();
-    // SAFETY: `r` is declared before the harness.
+    // SAFETY: (I3) `r` is declared before the harness, so it stays open until the poll's final
+    // completion.
     let t = unsafe { h.push(poll_op(&r, READABLE, false)) };
     h.expect_quiet(t, ms(30), "empty pipe");
     write_all(&w, b"!");
@@ -653,7 +688,8 @@ fn poll_readable_pipe(b: Backend) {
 fn poll_writable_socket(b: Backend) {
     let (sa, _sb) = socketpair();
     let mut h = b.harness();
-    // SAFETY: `sa` is declared before the harness.
+    // SAFETY: (I3) `sa` is declared before the harness, so it stays open until the poll's final
+    // completion.
     let t = unsafe { h.push(poll_op(&sa, WRITABLE, false)) };
     let res = h.run_until_final(t);
     assert_poll_bits(res, WRITABLE, "poll WRITABLE on a socket");
@@ -663,11 +699,12 @@ fn poll_writable_socket(b: Backend) {
 fn poll_priority_tcp_urgent_data(b: Backend) {
     let (client, server) = tcp_pair();
     let mut h = b.harness();
-    // SAFETY: `server` is declared before the harness.
+    // SAFETY: (I3) `server` is declared before the harness, so it stays open until the poll's final
+    // completion.
     let t = unsafe { h.push(poll_op(&server, PRIORITY, false)) };
     (&client).write_all(b"abc").unwrap();
     h.expect_quiet(t, ms(50), "only normal data was sent to a PRIORITY poll");
-    // SAFETY: a one-byte static buffer for the duration of the call.
+    // SAFETY: (FFI) the one-byte static buffer is valid for the call; `client` is an open socket.
     let n = unsafe { libc::send(client.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
     assert_eq!(n, 1, "send(MSG_OOB): {}", std::io::Error::last_os_error());
     let res = h.run_until_final(t);
@@ -679,7 +716,8 @@ fn poll_readable_or_priority_tcp_urgent_data(b: Backend) {
     let (client, server) = tcp_pair();
     let mut h = b.harness();
     // Normal data: READABLE, and not PRIORITY.
-    // SAFETY: `server` is declared before the harness.
+    // SAFETY: (I3) `server` is declared before the harness, so it stays open until the poll's final
+    // completion.
     let t = unsafe { h.push(poll_op(&server, READABLE | PRIORITY, false)) };
     h.expect_quiet(t, ms(30), "nothing sent yet");
     (&client).write_all(b"abc").unwrap();
@@ -703,10 +741,11 @@ fn poll_readable_or_priority_tcp_urgent_data(b: Backend) {
     assert_eq!(read_some(&server, &mut abc), 3);
 
     // Urgent data: PRIORITY.
-    // SAFETY: `server` is declared before the harness.
+    // SAFETY: (I3) `server` is declared before the harness, so it stays open until the poll's final
+    // completion.
     let t = unsafe { h.push(poll_op(&server, READABLE | PRIORITY, false)) };
     h.expect_quiet(t, ms(30), "nothing more sent yet");
-    // SAFETY: a one-byte static buffer for the duration of the call.
+    // SAFETY: (FFI) the one-byte static buffer is valid for the call; `client` is an open socket.
     let n = unsafe { libc::send(client.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
     assert_eq!(n, 1, "send(MSG_OOB): {}", std::io::Error::last_os_error());
     let res = h.run_until_final(t);
@@ -726,7 +765,8 @@ fn poll_hup_when_writer_closes(b: Backend) {
     let (r, w) = pipe();
     let mut h = b.harness();
     // Pipes never raise PRIORITY: only the always-reported HUP can end this poll.
-    // SAFETY: `r` is declared before the harness.
+    // SAFETY: (I3) `r` is declared before the harness, so it stays open until the poll's final
+    // completion.
     let t = unsafe { h.push(poll_op(&r, PRIORITY, false)) };
     h.expect_quiet(t, ms(30), "writer still open");
     drop(w);
@@ -738,10 +778,11 @@ fn poll_hup_when_writer_closes(b: Backend) {
 fn poll_rdhup_when_peer_shuts_down(b: Backend) {
     let (sa, sb) = socketpair();
     let mut h = b.harness();
-    // SAFETY: `sa` is declared before the harness.
+    // SAFETY: (I3) `sa` is declared before the harness, so it stays open until the poll's final
+    // completion.
     let t = unsafe { h.push(poll_op(&sa, RDHUP, false)) };
     h.expect_quiet(t, ms(30), "peer still open");
-    // SAFETY: shutdown takes no pointers.
+    // SAFETY: (FFI) shutdown takes no pointers; `sb` is an open socket.
     assert_eq!(unsafe { libc::shutdown(sb.as_raw_fd(), libc::SHUT_WR) }, 0);
     let res = h.run_until_final(t);
     assert_poll_bits(res, RDHUP, "poll RDHUP after the peer's SHUT_WR");
@@ -752,7 +793,8 @@ fn poll_oneshot_is_level_checked_when_armed(b: Backend) {
     let (r, w) = pipe();
     write_all(&w, b"already here");
     let mut h = b.harness();
-    // SAFETY: `r` is declared before the harness.
+    // SAFETY: (I3) `r` is declared before the harness, so it stays open until the poll's final
+    // completion.
     let t = unsafe { h.push(poll_op(&r, READABLE, false)) };
     // Non-blocking waits only: an already readable pipe must not need a wake-up.
     for _ in 0..10 {
@@ -771,7 +813,8 @@ fn poll_oneshot_is_level_checked_when_armed(b: Backend) {
 fn poll_multishot_eventfd_then_cancel(b: Backend) {
     let efd = eventfd();
     let mut h = b.harness();
-    // SAFETY: `efd` is declared before the harness.
+    // SAFETY: (I3) `efd` is declared before the harness, so it stays open until the multishot
+    // poll's final completion.
     let t = unsafe { h.push(poll_op(&efd, READABLE, true)) };
     h.expect_quiet(t, ms(30), "eventfd counter is 0");
     for round in 1..=3 {
@@ -824,7 +867,8 @@ fn cancel_pending_read(b: Backend) {
     let (r, _w) = pipe();
     let mut buf = [0u8; 16];
     let mut h = b.harness();
-    // SAFETY: `buf` and `r` are declared before the harness.
+    // SAFETY: (I2, I3) `buf` and `r` are declared before the harness, so the buffer stays valid and
+    // the pipe open until the read's final completion.
     let t = unsafe { h.push(read_op(&r, &mut buf, None)) };
     h.expect_quiet(t, ms(20), "empty pipe");
     assert!(h.cancel(t), "cancel of a pending read");
@@ -840,12 +884,14 @@ fn cancel_stale_id_is_false(b: Backend) {
     let (r, _w) = pipe();
     let mut buf = [0u8; 16];
     let mut h = b.harness();
-    // SAFETY: Nop references nothing.
+    // SAFETY: (I2, I3) Nop references no memory and no fd, so nothing has to stay valid or open
+    // until its final completion.
     let old = unsafe { h.push(Op::Nop) };
     h.run_until_final(old);
     assert!(!h.cancel(old), "cancel of a finished op");
     // A new op may take the old slot; the stale id must not reach it.
-    // SAFETY: `buf` and `r` are declared before the harness.
+    // SAFETY: (I2, I3) `buf` and `r` are declared before the harness, so the buffer stays valid and
+    // the pipe open until the read's final completion.
     let new = unsafe { h.push(read_op(&r, &mut buf, None)) };
     assert_ne!(old.id, new.id);
     assert!(!h.cancel(old), "cancel of a stale id");
@@ -860,7 +906,8 @@ fn cancel_fd_ends_every_op_on_the_fd(b: Backend) {
     let mut b1 = [0u8; 8];
     let mut b3 = [0u8; 8];
     let mut h = b.harness();
-    // SAFETY: (all) buffers and fds are declared before the harness.
+    // SAFETY: (I2, I3) `b1` and `r` are declared before the harness, whose drop waits for the final
+    // completions of the read and both polls.
     let ts = unsafe {
         [
             h.push(read_op(&r, &mut b1, None)),
@@ -868,7 +915,8 @@ fn cancel_fd_ends_every_op_on_the_fd(b: Backend) {
             h.push(poll_op(&r, READABLE, true)),
         ]
     };
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `b3` and `other_r` are declared before the harness, so the buffer stays
+    // valid and the pipe open until the read's final completion.
     let bystander = unsafe { h.push(read_op(&other_r, &mut b3, None)) };
     h.pump(ms(20));
     assert_eq!(
@@ -896,9 +944,11 @@ fn cancelled_read_leaves_buffer_and_data_alone(b: Backend) {
     let mut buf = [0u8; 64];
     let mut sbuf = [0u8; 64];
     let mut h = b.harness();
-    // SAFETY: (both) buffers and fds are declared before the harness.
+    // SAFETY: (I2, I3) `buf` and `r` are declared before the harness, so the buffer stays valid and
+    // the pipe open until the read's final completion.
     let t = unsafe { h.push(read_op(&r, &mut buf, None)) };
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `sbuf` and `sb` are declared before the harness, so the buffer stays valid
+    // and the socket open until the recv's final completion.
     let s = unsafe {
         h.push(Op::Recv {
             fd: sb.as_raw_fd(),
@@ -949,16 +999,19 @@ fn cancel_fd_then_fd_number_reuse(b: Backend) {
     let mut buf = [0u8; 8];
     let mut h = b.harness();
     // Let the driver learn about `r` (a pipe): poll it until readable.
-    // SAFETY: `r` is declared before the harness.
+    // SAFETY: (I3) `r` is declared before the harness, so it stays open until the poll's final
+    // completion.
     let p = unsafe { h.push(poll_op(&r, READABLE, false)) };
     write_all(&w, b"x");
     h.run_until_final(p);
     assert_eq!(h.cancel_fd(r.as_raw_fd()), 0);
     // Same fd number, different file: `r` now refers to a socket.
-    // SAFETY: dup2 onto an fd this test owns; it atomically replaces the pipe's read end.
+    // SAFETY: (FFI) dup2 takes no pointers; both fds are open and owned by this test, and the call
+    // atomically replaces the pipe's read end (no op is in flight on `r`).
     let d = unsafe { libc::dup2(sb.as_raw_fd(), r.as_raw_fd()) };
     assert_eq!(d, r.as_raw_fd());
-    // SAFETY: `buf` and `r` are declared before the harness.
+    // SAFETY: (I2, I3) `buf` and `r` are declared before the harness, so the buffer stays valid and
+    // the fd open until the recv's final completion.
     let t = unsafe {
         h.push(Op::Recv {
             fd: r.as_raw_fd(),
@@ -967,7 +1020,8 @@ fn cancel_fd_then_fd_number_reuse(b: Backend) {
             flags: 0,
         })
     };
-    // SAFETY: `r` is declared before the harness.
+    // SAFETY: (I3) `r` is declared before the harness, so it stays open until the poll's final
+    // completion.
     let q = unsafe { h.push(poll_op(&r, READABLE, false)) };
     h.expect_quiet(t, ms(30), "nothing sent on the socket yet");
     write_all(&sa, b"socket!!");
@@ -986,8 +1040,8 @@ fn cancel_racing_data_is_consistent(b: Backend) {
     let (mut won, mut lost) = (0, 0);
     for round in 0..50u8 {
         buf.fill(0);
-        // SAFETY: `buf` and `r` are declared before the harness; `buf` is only touched again
-        // after this op's final completion.
+        // SAFETY: (I2, I3) `buf` and `r` are declared before the harness, and `buf` is only touched
+        // again after this read's final completion.
         let t = unsafe { h.push(read_op(&r, &mut buf, None)) };
         if round % 2 == 0 {
             h.wait_once(Some(Duration::ZERO));
@@ -1032,7 +1086,8 @@ fn dropping_the_driver_ends_pending_ops(b: Backend) {
     let (r, w) = pipe();
     let mut buf = [0u8; 64];
     let mut d = fdloop_backends::Driver::new(&b.config()).expect("driver");
-    // SAFETY: `buf` and `r` are declared before the driver, whose drop ends the read.
+    // SAFETY: (I2, I3) `buf` and `r` are declared before the driver, whose drop waits for the
+    // read's final completion.
     unsafe { d.push(read_op(&r, &mut buf, None), 1) };
     let mut out = Vec::new();
     d.wait(Some(ms(20)), &mut out).unwrap();
@@ -1075,7 +1130,8 @@ fn wait_timeout_is_never_early(b: Backend) {
         "wait(50 ms) with nothing in flight returned after {spent:?}"
     );
 
-    // SAFETY: `buf` and `r` are declared before the harness.
+    // SAFETY: (I2, I3) `buf` and `r` are declared before the harness, so the buffer stays valid and
+    // the pipe open until the read's final completion.
     let t = unsafe { h.push(read_op(&r, &mut buf, None)) };
     for _ in 0..3 {
         let start = Instant::now();
@@ -1107,7 +1163,8 @@ fn wait_zero_does_not_block(b: Backend) {
     assert!(!guard.stop(), "wait(Some(ZERO)) blocked until woken");
 
     // A read pending: a wait that blocked would return the read's completion.
-    // SAFETY: `buf` and `r` are declared before the harness.
+    // SAFETY: (I2, I3) `buf` and `r` are declared before the harness, so the buffer stays valid and
+    // the pipe open until the read's final completion.
     let t = unsafe { h.push(read_op(&r, &mut buf, None)) };
     let w2 = w.try_clone().unwrap();
     let guard = Deferred::new(Duration::from_secs(10), move || write_all(&w2, b"late"));
@@ -1242,8 +1299,9 @@ fn ten_thousand_reads_on_a_thousand_socketpairs(b: Backend) {
     for (i, (_, reader)) in pairs.iter().enumerate() {
         for j in 0..PER {
             let slot = (i * PER + j) * LEN;
-            // SAFETY: each op gets its own 8 bytes of `bufs`, which (like the sockets) is
-            // declared before the harness; `slot + LEN <= bufs.len()`.
+            // SAFETY: (I2, I3) each op gets its own 8 bytes of `bufs` (`slot + LEN <= bufs.len()`),
+            // which, like the sockets, is declared before the harness, so they stay valid and open
+            // until the read's final completion.
             let t = unsafe {
                 h.push(Op::Read {
                     fd: reader.as_raw_fd(),
@@ -1286,8 +1344,9 @@ fn ten_thousand_reads_on_few_pipes(b: Backend) {
     for (i, (r, _)) in pipes.iter().enumerate() {
         for j in 0..PER {
             let slot = (i * PER + j) * LEN;
-            // SAFETY: each op gets its own 4 bytes of `bufs`, which (like the pipes) is declared
-            // before the harness; `slot + LEN <= bufs.len()`.
+            // SAFETY: (I2, I3) each op gets its own 4 bytes of `bufs` (`slot + LEN <= bufs.len()`),
+            // which, like the pipes, is declared before the harness, so they stay valid and open
+            // until the read's final completion.
             let t = unsafe {
                 h.push(Op::Read {
                     fd: r.as_raw_fd(),
@@ -1319,7 +1378,8 @@ fn ten_thousand_reads_on_few_pipes(b: Backend) {
 fn ten_thousand_nops_through_a_tiny_ring(b: Backend) {
     let mut h = b.harness_with(tiny_ring());
     let ts: Vec<_> = (0..10_000)
-        // SAFETY: Nop references nothing.
+        // SAFETY: (I2, I3) Nop references no memory and no fd, so nothing has to stay valid or open
+        // until its final completion.
         .map(|_| unsafe { h.push(Op::Nop) })
         .collect();
     h.run_until_idle_within(Duration::from_secs(30));
@@ -1331,11 +1391,13 @@ fn ten_thousand_nops_through_a_tiny_ring(b: Backend) {
 fn multishot_poll_survives_a_tiny_completion_queue(b: Backend) {
     let efd = eventfd();
     let mut h = b.harness_with(tiny_ring());
-    // SAFETY: `efd` is declared before the harness.
+    // SAFETY: (I3) `efd` is declared before the harness, so it stays open until the multishot
+    // poll's final completion.
     let p = unsafe { h.push(poll_op(&efd, READABLE, true)) };
     eventfd_add(&efd);
     let nops: Vec<_> = (0..10_000)
-        // SAFETY: Nop references nothing.
+        // SAFETY: (I2, I3) Nop references no memory and no fd, so nothing has to stay valid or open
+        // until its final completion.
         .map(|_| unsafe { h.push(Op::Nop) })
         .collect();
     h.run_until_within(Duration::from_secs(30), "nops and a poll report", |h| {
@@ -1370,8 +1432,8 @@ fn shutdown_with_a_thousand_pending_reads(b: Backend) {
         let mut h = b.harness();
         for (i, (r, _)) in pipes.iter().enumerate() {
             for j in 0..PER {
-                // SAFETY: each op gets its own 16 bytes of `bufs`, declared (like the pipes)
-                // before the harness.
+                // SAFETY: (I2, I3) each op gets its own 16 bytes of `bufs`, declared (like the
+                // pipes) before the harness, whose drop waits for every read's final completion.
                 unsafe {
                     h.push(Op::Read {
                         fd: r.as_raw_fd(),
@@ -1424,7 +1486,8 @@ fn shutdown_ends_every_kind_of_op(b: Backend) {
     let mut sbuf = [0u8; 8];
     let wbuf = [2u8; 100];
     let mut h = b.harness();
-    // SAFETY: (all pushes) buffers and fds are declared before the harness.
+    // SAFETY: (I2, I3) `rbuf`, `wbuf`, `sbuf` and every fd are declared before the harness, whose
+    // drop waits for the final completion of each op.
     let ts = unsafe {
         [
             h.push(read_op(&r, &mut rbuf, None)),
@@ -1471,20 +1534,22 @@ fn read_on_bad_fds_is_ebadf(b: Backend) {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: `rl` is a valid rlimit for getrlimit to fill.
+    // SAFETY: (FFI) `rl` is a valid rlimit for getrlimit to fill.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
     let high = (rl.rlim_cur.min(1 << 20) as RawFd - 16).max(100);
-    // SAFETY: F_DUPFD takes an integer; the result is a new fd we own.
+    // SAFETY: (FFI) F_DUPFD_CLOEXEC takes an integer argument; the result is a new fd that this
+    // test owns.
     let closed = unsafe { libc::fcntl(r.as_raw_fd(), libc::F_DUPFD_CLOEXEC, high) };
     assert!(closed >= high);
     drop(own(closed));
     let mut b1 = [0u8; 8];
     let mut b2 = [0u8; 8];
     let mut h = b.harness();
-    // SAFETY: (both) the buffers are declared before the harness; the fds are invalid, which the
-    // driver must report, not use.
+    // SAFETY: (I2, I3) `b1` is declared before the harness, so it stays valid until the read's
+    // final completion; the fd -1 is invalid on purpose, which the driver must report, not use.
     let t1 = unsafe { h.push(read_op(-1, &mut b1, None)) };
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `b2` is declared before the harness, so it stays valid until the read's
+    // final completion; `closed` is a closed fd on purpose, which the driver must report, not use.
     let t2 = unsafe { h.push(read_op(closed, &mut b2, None)) };
     h.run_until_all(&[t1, t2]);
     assert_errno(h.fin(t1), libc::EBADF, "read on fd -1");
@@ -1497,7 +1562,8 @@ fn poll_on_a_regular_file(b: Backend) {
     // as always ready.
     let file = tempfile();
     let mut h = b.harness();
-    // SAFETY: `file` is declared before the harness.
+    // SAFETY: (I3) `file` is declared before the harness, so it stays open until the poll's final
+    // completion.
     let t = unsafe { h.push(poll_op(&file, READABLE, false)) };
     let r = h.run_until_final(t);
     assert_poll_bits(r, READABLE, "poll READABLE on a regular file");
@@ -1510,7 +1576,8 @@ fn socket_ops_on_a_pipe_are_enotsock(b: Backend) {
     let msg = b"12345678";
     let (sa, salen) = sockaddr_of("127.0.0.1:9".parse().unwrap());
     let mut h = b.harness();
-    // SAFETY: (all) buffers, address and fds are declared before the harness.
+    // SAFETY: (I2, I3) `buf` and `r` are declared before the harness, so the buffer stays valid and
+    // the pipe open until the recv's final completion.
     let recv = unsafe {
         h.push(Op::Recv {
             fd: r.as_raw_fd(),
@@ -1519,7 +1586,8 @@ fn socket_ops_on_a_pipe_are_enotsock(b: Backend) {
             flags: 0,
         })
     };
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `msg` and `w` are declared before the harness, so the data stays valid and
+    // the pipe open until the send's final completion.
     let send = unsafe {
         h.push(Op::Send {
             fd: w.as_raw_fd(),
@@ -1528,7 +1596,8 @@ fn socket_ops_on_a_pipe_are_enotsock(b: Backend) {
             flags: 0,
         })
     };
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) null address pointers reference no memory; `r` is declared before the
+    // harness, so it stays open until the accept's final completion.
     let accept = unsafe {
         h.push(Op::Accept {
             fd: r.as_raw_fd(),
@@ -1538,7 +1607,8 @@ fn socket_ops_on_a_pipe_are_enotsock(b: Backend) {
             multishot: false,
         })
     };
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `sa` and `w` are declared before the harness, so the address stays valid and
+    // the pipe open until the connect's final completion.
     let connect = unsafe {
         h.push(Op::Connect {
             fd: w.as_raw_fd(),
@@ -1589,7 +1659,8 @@ fn pty_64k_slave_to_master(b: Backend) {
     let mut got = Vec::with_capacity(PTY_LEN);
     let mut h = b.harness();
     while got.len() < PTY_LEN {
-        // SAFETY: `buf` and the pty are declared before the harness.
+        // SAFETY: (I2, I3) `buf` and the pty are declared before the harness, so the buffer stays
+        // valid and the master open until the read's final completion.
         let t = unsafe { h.push(read_op(&p.master, &mut buf, None)) };
         let r = h.run_until_final(t);
         assert!(
@@ -1630,7 +1701,8 @@ fn pty_64k_master_to_slave(b: Backend) {
     let mut h = b.harness();
     let mut done = 0;
     while done < PTY_LEN {
-        // SAFETY: `data` and the pty are declared before the harness.
+        // SAFETY: (I2, I3) `data` and the pty are declared before the harness, so the data stays
+        // valid and the master open until the write's final completion.
         let t = unsafe { h.push(write_op(&p.master, &data[done..], None)) };
         let r = h.run_until_final(t);
         assert!(r > 0, "pty master write after {done} bytes: {}", res(r));
@@ -1648,7 +1720,8 @@ fn pty_master_read_is_eio_after_slave_closes(b: Backend) {
     let Pty { master, slave } = pty();
     let mut buf = [0u8; 64];
     let mut h = b.harness();
-    // SAFETY: `buf` and `master` are declared before the harness.
+    // SAFETY: (I2, I3) `buf` and `master` are declared before the harness, so the buffer stays
+    // valid and the master open until the read's final completion.
     let t = unsafe { h.push(read_op(&master, &mut buf, None)) };
     h.expect_quiet(t, ms(30), "slave still open and silent");
     drop(slave);
@@ -1667,7 +1740,9 @@ fn cancel_fd_after_the_number_was_closed(b: Backend) {
     let number = r.as_raw_fd();
     let mut buf = [0u8; 8];
     let mut h = b.harness();
-    // SAFETY: `buf` is declared before the harness; the file stays open through `keep`.
+    // SAFETY: (I2, I3) `buf` is declared before the harness, so it stays valid until the read's
+    // final completion; the test closes the number `r` behind the driver's back on purpose, but the
+    // file stays open through `keep` until after the read has ended.
     let t = unsafe { h.push(read_op(number, &mut buf, None)) };
     h.expect_quiet(t, ms(10), "nothing written yet");
     drop(r);
@@ -1688,7 +1763,8 @@ fn pty_master_write_after_hang_up_ends_without_spinning(b: Backend) {
     let chunk = [0x55u8; 4096];
     // Fill the master's output until the kernel says EAGAIN.
     for _ in 0..10_000 {
-        // SAFETY: `chunk` is a live buffer; `master` is open.
+        // SAFETY: (FFI) `chunk` is a live buffer of `chunk.len()` bytes for the call; `master` is
+        // open.
         let n = unsafe { libc::write(master.as_raw_fd(), chunk.as_ptr().cast(), chunk.len()) };
         if n < 0 {
             break;
@@ -1696,7 +1772,8 @@ fn pty_master_write_after_hang_up_ends_without_spinning(b: Backend) {
     }
     drop(slave);
     let mut h = b.harness();
-    // SAFETY: `chunk` and `master` are declared before the harness.
+    // SAFETY: (I2, I3) `chunk` and `master` are declared before the harness, so the data stays
+    // valid and the master open until the write's final completion.
     let t = unsafe { h.push(write_op(&master, &chunk, None)) };
     let r = h.run_until_final(t);
     assert!(
@@ -1720,7 +1797,8 @@ fn nonblocking_pipe_read_waits_for_data(b: Backend) {
     set_nonblocking(&r);
     let mut buf = [0u8; 16];
     let mut h = b.harness();
-    // SAFETY: `buf` and `r` are declared before the harness.
+    // SAFETY: (I2, I3) `buf` and `r` are declared before the harness, so the buffer stays valid and
+    // the pipe open until the read's final completion.
     let t = unsafe { h.push(read_op(&r, &mut buf, None)) };
     h.expect_quiet(
         t,
@@ -1737,7 +1815,8 @@ fn nonblocking_socket_recv_waits_for_data(b: Backend) {
     set_nonblocking(&sb);
     let mut buf = [0u8; 16];
     let mut h = b.harness();
-    // SAFETY: `buf` and `sb` are declared before the harness.
+    // SAFETY: (I2, I3) `buf` and `sb` are declared before the harness, so the buffer stays valid
+    // and the socket open until the recv's final completion.
     let t = unsafe {
         h.push(Op::Recv {
             fd: sb.as_raw_fd(),
@@ -1767,7 +1846,8 @@ fn nonblocking_pipe_write_waits_for_room(b: Backend) {
     }
     let msg = [9u8; 100];
     let mut h = b.harness();
-    // SAFETY: `msg` and `w` are declared before the harness.
+    // SAFETY: (I2, I3) `msg` and `w` are declared before the harness, so the data stays valid and
+    // the pipe open until the write's final completion.
     let t = unsafe { h.push(write_op(&w, &msg, None)) };
     h.expect_quiet(t, ms(50), "an O_NONBLOCK write on a full pipe must wait");
     assert_eq!(drain_nonblocking(&r).len(), filled);

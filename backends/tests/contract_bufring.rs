@@ -25,7 +25,8 @@ both_backends!(
 /// A harness and a ring registered with its driver. The ring is declared before the harness
 /// in every test, so the driver (which waits for its operations when dropped) goes first.
 fn register(h: &mut Harness, ring: &BufRing) {
-    // SAFETY: the ring outlives the harness and its driver (see above).
+    // SAFETY: (I2) every test declares the ring before the harness, so it stays valid and unmoved
+    // until the harness's driver is dropped, which waits for its operations first.
     unsafe { h.driver.register_buf_ring(ring) }.expect("register the buffer ring");
 }
 
@@ -36,7 +37,8 @@ fn take(h: &Harness, ring: &BufRing, t: Ticket, from: usize) -> Vec<u8> {
         assert!(r > 0, "a report without data: {}", res(r));
         let (bid, len) = unpack(r);
         assert!(bid < ring.count() && len <= ring.buf_size());
-        // SAFETY: the driver handed `bid` out with this report; it is recycled once, here.
+        // SAFETY: (I2) the driver handed `bid` out with this report and it has not been recycled,
+        // so no receive writes it while `chunk` reads it; it goes back to the ring once, here.
         unsafe {
             got.extend_from_slice(ring.chunk(bid, len));
             ring.recycle(bid);
@@ -54,7 +56,8 @@ fn recv_multi_reports_chunks_then_eof(b: Backend) {
     let ring = BufRing::new(4, 16).unwrap();
     let mut h = b.harness();
     register(&mut h, &ring);
-    // SAFETY: the ring and the socket outlive the operation (the test runs it to its end).
+    // SAFETY: (I2, I3) the ring and `a` are declared before the harness, so the buffers stay valid
+    // and the socket open until the receive's final completion, which the test waits for.
     let t = unsafe { h.push(recv_multi(a.as_raw_fd(), &ring)) };
     h.expect_quiet(t, ms(30), "no data yet");
     let mut want = Vec::new();
@@ -86,7 +89,8 @@ fn recv_multi_empty_ring_ends_with_enobufs_and_keeps_the_data(b: Backend) {
     while got.len() < data.len() {
         rounds += 1;
         assert!(rounds <= 40, "no progress");
-        // SAFETY: as above.
+        // SAFETY: (I2, I3) the ring and `a` are declared before the harness, so the buffers stay
+        // valid and the socket open until each receive's final completion.
         let t = unsafe { h.push(recv_multi(a.as_raw_fd(), &ring)) };
         h.run_until("the ring to run dry", |h| {
             h.mores(t).len() == 2 || h.final_of(t).is_some()
@@ -113,7 +117,8 @@ fn recv_multi_cancel_ends_with_ecanceled(b: Backend) {
     let ring = BufRing::new(2, 64).unwrap();
     let mut h = b.harness();
     register(&mut h, &ring);
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) the ring and `a` are declared before the harness, so the buffers stay valid
+    // and the socket open until the receive's final completion.
     let t = unsafe { h.push(recv_multi(a.as_raw_fd(), &ring)) };
     h.expect_quiet(t, ms(20), "no data");
     assert!(h.cancel(t));
@@ -129,14 +134,16 @@ fn recv_multi_peer_reset_is_an_error(b: Backend) {
     let ring = BufRing::new(2, 64).unwrap();
     let mut h = b.harness();
     register(&mut h, &ring);
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) the ring and `server` are declared before the harness, so the buffers stay
+    // valid and the socket open until the receive's final completion.
     let t = unsafe { h.push(recv_multi(server.as_raw_fd(), &ring)) };
     // SO_LINGER 0: close sends RST.
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: a valid linger struct for a live socket.
+    // SAFETY: (FFI) `linger` is a valid linger struct of the size passed, read during the call;
+    // `client` is an open socket.
     unsafe {
         libc::setsockopt(
             client.as_raw_fd(),
@@ -156,7 +163,8 @@ fn recv_multi_on_a_pipe_is_an_error(b: Backend) {
     let ring = BufRing::new(2, 64).unwrap();
     let mut h = b.harness();
     register(&mut h, &ring);
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) the ring and `r` are declared before the harness, so the buffers stay valid
+    // and the pipe open until the receive's final completion.
     let t = unsafe { h.push(recv_multi(r.as_raw_fd(), &ring)) };
     assert_errno(h.run_until_final(t), libc::ENOTSOCK, "recv on a pipe");
     h.driver.unregister_buf_ring(&ring);
@@ -182,7 +190,8 @@ fn batch_wait_hands_out_a_lone_completion(b: Backend) {
     // the batch wait).
     let mut h = batch_harness(b);
     for _ in 0..3 {
-        // SAFETY: Nop references no memory and no fd.
+        // SAFETY: (I2, I3) Nop references no memory and no fd, so nothing has to stay valid or open
+        // until its final completion.
         let t = unsafe { h.push(Op::Nop) };
         assert_eq!(h.run_until_final(t), 0);
     }
@@ -194,7 +203,8 @@ fn batch_wait_does_not_end_a_wait_without_a_completion(b: Backend) {
     let (a, mut c) = UnixStream::pair().unwrap();
     let mut buf = [0u8; 8];
     let mut h = batch_harness(b);
-    // SAFETY: `buf` and the socket outlive the operation (run to its end below).
+    // SAFETY: (I2, I3) `buf` and `a` are declared before the harness, so the buffer stays valid and
+    // the socket open until the receive's final completion, which the test waits for.
     let t = unsafe {
         h.push(Op::Recv {
             fd: a.as_raw_fd(),

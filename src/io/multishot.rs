@@ -137,8 +137,9 @@ struct Lent<'a> {
 
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
-        // SAFETY: `bid` was handed out by the completion being dispatched and is recycled once,
-        // here, after the only borrow of its bytes (the callback's) has ended.
+        // SAFETY: (I2) `bid` was handed out by the completion being dispatched and is recycled
+        // once, here, after the only borrow of its bytes (the callback's) has ended, so no receive
+        // fills it while it is read.
         unsafe { self.ring.recycle(self.bid) };
     }
 }
@@ -153,8 +154,8 @@ where
             ring: &self.pool.inner.ring,
             bid,
         };
-        // SAFETY: the driver handed `bid` out with this completion: it is out of the ring until
-        // `lent` recycles it, after the slice's last use.
+        // SAFETY: (I2) the driver handed `bid` out with this completion: it is out of the ring, so
+        // no receive writes it, until `lent` recycles it after the slice's last use.
         let chunk = unsafe { lent.ring.chunk(bid, len) };
         (self.callback)(lp, Ok(chunk));
         drop(lent);
@@ -201,13 +202,15 @@ where
     F: FnMut(&Loop, io::Result<OwnedFd>),
 {
     fn report(&mut self, lp: &Loop, result: i32) {
-        // SAFETY: a non-final completion of a multishot accept is a new fd nobody else owns.
+        // SAFETY: (FFI) a non-final completion of a multishot accept carries the new fd it
+        // returned, which nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(result) };
         (self.callback)(lp, Ok(fd));
     }
 
     fn discard_report(&mut self, result: i32) {
-        // SAFETY: as in `report`; nobody will receive it, so the loop closes it.
+        // SAFETY: (FFI) a non-final completion of a multishot accept carries the new fd it
+        // returned, which nothing else owns; nobody will receive it, so the loop closes it.
         drop(unsafe { OwnedFd::from_raw_fd(result) });
     }
 
@@ -272,8 +275,8 @@ impl Loop {
             ring: BufRing::new(count, size)?,
             lp: Rc::downgrade(&self.inner),
         });
-        // SAFETY: the ring lives in the Rc allocation, unmoved, until the pool's last clone
-        // drops, which unregisters it first when the loop (and its driver) is still there (I2).
+        // SAFETY: (I2) the ring lives in the Rc allocation, unmoved, until the pool's last clone
+        // drops, which unregisters it first when the loop (and its driver) is still there.
         unsafe {
             self.inner
                 .driver
@@ -325,8 +328,9 @@ impl Loop {
             callback,
         });
         let op = pending.op();
-        // SAFETY: the ring lives in the pool, which `pending` keeps alive while the loop keeps
-        // `pending` (until the final completion) (I2); the caller keeps `socket` open (I3).
+        // SAFETY: (I2, I3) the ring lives in the pool, which `pending` keeps alive while the loop
+        // keeps `pending` in its operation table (until the final completion); the caller keeps
+        // `socket` open until the callback's last call.
         Ok(unsafe { self.push_multi(fd, op, pending) })
     }
 
@@ -362,7 +366,8 @@ impl Loop {
             multishot: true,
         };
         let pending = Box::new(AcceptMultiOp { op, callback });
-        // SAFETY: the operation references no memory; the caller keeps `listener` open (I3).
+        // SAFETY: (I2, I3) the operation references no memory (null address pointers); the caller
+        // keeps `listener` open until the callback's last call.
         unsafe { self.push_multi(fd, op, pending) }
     }
 
@@ -370,8 +375,8 @@ impl Loop {
     ///
     /// # Safety
     ///
-    /// As for `push_op`: what `op` references stays valid while the loop keeps `pending`
-    /// (I2), and `fd` stays open (I3).
+    /// (I2, I3) What `op` references stays valid and unmoved while the loop keeps `pending`
+    /// (until the final completion), and `fd` stays open until then, as `push_op` requires.
     unsafe fn push_multi(&self, fd: RawFd, op: Op, pending: Box<dyn MultiPending>) -> IoId {
         let kind = OpKind::Multi(Multi {
             pending: Some(pending),
@@ -379,7 +384,9 @@ impl Loop {
             cancelled: false,
             dead: false,
         });
-        // SAFETY: forwarded from this function's contract (I2, I3).
+        // SAFETY: (I2, I3) the caller of `push_multi` keeps what `op` references valid while the
+        // loop keeps `pending`, which is until the final completion, and `fd` open, which is what
+        // `push_op` requires.
         let key = unsafe { self.push_op(op, kind) };
         IoId {
             serial: self.inner.serial,
@@ -435,10 +442,10 @@ impl Loop {
         }
         if !cancelled {
             if let Some(op) = pending.rearm(c.result) {
-                // SAFETY: `pending` owns (or keeps alive) what `op` references and goes back
-                // into the entry, which the loop keeps until the final completion (I2); the
-                // operation was not cancelled nor its fd detached, so the caller still keeps
-                // the fd open (I3).
+                // SAFETY: (I2, I3) `pending` owns (or keeps alive) what `op` references and goes
+                // back into the entry, which the loop keeps until the final completion; the
+                // operation was not cancelled nor its fd detached, so the caller still keeps the fd
+                // open.
                 let driver_id = unsafe { self.inner.driver.borrow_mut().push(op, key.to_u64()) };
                 if let Some(OpEntry {
                     kind: OpKind::Multi(m),

@@ -189,8 +189,9 @@ pub(super) fn recv_multi_action(st: &mut OpState, res: i32, flags: u32, more: bo
     }
     if let Some(bid) = bid {
         // A buffer picked for no data goes straight back.
-        // SAFETY: the ring is valid until the final completion (I2); the kernel handed `bid`
-        // out with this CQE and nobody else holds it.
+        // SAFETY: (I2) the caller of `push` keeps the ring valid and unmoved until the operation's
+        // final completion, which this CQE does not precede; the kernel handed `bid` out with this
+        // CQE and nobody else holds it, so it goes back to the ring once, here.
         unsafe { (*ring).recycle(bid) };
     }
     if more {
@@ -347,9 +348,9 @@ fn native(op: &Op, f: &Features) -> squeue::Entry {
             .flags(flags | libc::MSG_NOSIGNAL)
             .build(),
         Op::RecvMulti { fd, ring, flags } => {
-            // SAFETY: the ring stays valid until the operation's final completion (I2); an
-            // unregistered ring gives group 0xffff, which no registered ring has: the kernel
-            // answers ENOBUFS.
+            // SAFETY: (I2) the caller of `push` keeps the ring valid and unmoved until the
+            // operation's final completion; an unregistered ring gives group 0xffff, which no
+            // registered ring has: the kernel answers ENOBUFS.
             let group = unsafe { (*ring).group() }.unwrap_or(u16::MAX);
             opcode::RecvMulti::new(Fd(fd), group).flags(flags).build()
         }
@@ -399,28 +400,32 @@ fn native(op: &Op, f: &Features) -> squeue::Entry {
 ///
 /// # Safety
 ///
-/// `op`'s buffers (or iovecs) must be valid for the syscall and its fd open, which holds for an
-/// operation still in the slab (I2, I3).
+/// (I2, I3) `op`'s buffers (or iovecs) must be valid for the syscall and its fd open, which holds
+/// for an operation still in the slab.
 pub(super) unsafe fn after_poll(op: &Op) -> i32 {
     match *op {
-        // SAFETY: the caller guarantees `buf[..len]` is valid and writable (I2).
+        // SAFETY: (I2, I3) the caller of `after_poll` guarantees that `buf[..len]` is valid and
+        // writable and that `fd` is open, as for any operation still in the slab.
         Op::Read { fd, buf, len, .. } => to_result(unsafe { libc::read(fd, buf.cast(), len as _) }),
         Op::Write { fd, buf, len, .. } => {
-            // SAFETY: the caller guarantees `buf[..len]` is valid (I2).
+            // SAFETY: (I2, I3) the caller of `after_poll` guarantees that `buf[..len]` is valid for
+            // reads and that `fd` is open, as for any operation still in the slab.
             to_result(unsafe { libc::write(fd, buf.cast(), len as _) })
         }
         Op::Readv {
             fd, iov, iovcnt, ..
         } => {
             let n = iovcnt.min(libc::c_int::MAX as u32) as libc::c_int;
-            // SAFETY: the caller guarantees the iovec array and its buffers are valid (I2).
+            // SAFETY: (I2, I3) the caller of `after_poll` guarantees that the iovec array and the
+            // buffers it names are valid and writable and that `fd` is open.
             to_result(unsafe { libc::readv(fd, iov, n) })
         }
         Op::Writev {
             fd, iov, iovcnt, ..
         } => {
             let n = iovcnt.min(libc::c_int::MAX as u32) as libc::c_int;
-            // SAFETY: the caller guarantees the iovec array and its buffers are valid (I2).
+            // SAFETY: (I2, I3) the caller of `after_poll` guarantees that the iovec array and the
+            // buffers it names are valid for reads and that `fd` is open.
             to_result(unsafe { libc::writev(fd, iov, n) })
         }
         Op::Connect { fd, .. } => so_error(fd),
@@ -435,7 +440,8 @@ pub(super) fn poll_now(fd: i32, events: u32) -> i32 {
         events: events as libc::c_short,
         revents: 0,
     };
-    // SAFETY: `pfd` is one live pollfd; a zero timeout never blocks (I5).
+    // SAFETY: (I5, FFI) `pfd` is one live pollfd for the call; a zero timeout never blocks the loop
+    // thread.
     let r = unsafe { libc::poll(&mut pfd, 1, 0) };
     if r > 0 {
         i32::from(pfd.revents as u16)
@@ -448,7 +454,7 @@ pub(super) fn poll_now(fd: i32, events: u32) -> i32 {
 fn so_error(fd: i32) -> i32 {
     let mut err: libc::c_int = 0;
     let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `err` and `len` are live, correctly sized out-parameters for the call.
+    // SAFETY: (FFI) `err` and `len` are live, correctly sized out-parameters for the call.
     let r = unsafe {
         libc::getsockopt(
             fd,

@@ -294,11 +294,12 @@ pub(super) fn detect(ring: &mut IoUring, waker_fd: RawFd, waker_ud: u64) -> (Fea
             .user_data(waker_ud),
     ];
     for sqe in &sqes {
-        // SAFETY: these SQEs point to no memory, and their fds (the ring's and the waker's
-        // eventfd) live as long as the ring (I2, I3).
+        // SAFETY: (I2, I3) these SQEs point to no memory, and their fds (the ring's and the waker's
+        // eventfd) stay open as long as the ring.
         if unsafe { ring.submission().push(sqe) }.is_err() {
             let _ = ring.submit();
-            // SAFETY: as above.
+            // SAFETY: (I2, I3) these SQEs point to no memory, and their fds (the ring's and the
+            // waker's eventfd) stay open as long as the ring.
             let _ = unsafe { ring.submission().push(sqe) };
         }
     }

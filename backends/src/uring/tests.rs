@@ -15,21 +15,21 @@ fn ring() -> Uring {
 
 fn pipe(flags: i32) -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
-    // SAFETY: `fds` is a writable array of two ints.
+    // SAFETY: (FFI) `fds` is a writable array of two ints for pipe2 to fill.
     let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | flags) };
     assert_eq!(r, 0);
-    // SAFETY: both fds are fresh and owned by nobody else.
+    // SAFETY: (FFI) pipe2 just returned both fds and nothing else owns them.
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 fn write_all(fd: RawFd, data: &[u8]) {
-    // SAFETY: `data` is a live buffer of `data.len()` bytes.
+    // SAFETY: (FFI) `data` is a live buffer of `data.len()` bytes for the call; `fd` is open.
     let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
     assert_eq!(n, data.len() as isize);
 }
 
 fn set_nonblocking(fd: RawFd) {
-    // SAFETY: plain fcntl calls on an fd we own.
+    // SAFETY: (FFI) fcntl F_GETFL and F_SETFL take integer arguments only, on an fd this test owns.
     unsafe {
         let fl = libc::fcntl(fd, libc::F_GETFL);
         assert_eq!(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK), 0);
@@ -64,7 +64,8 @@ fn reports_itself() {
 #[test]
 fn nop_round_trip() {
     let mut u = ring();
-    // SAFETY: a Nop references nothing.
+    // SAFETY: (I2, I3) a Nop references no memory and no fd, so nothing has to stay valid or open
+    // until its final completion.
     let id = unsafe { u.push(Op::Nop, 7) };
     assert_eq!(u.in_flight(), 1);
     let out = wait_finals(&mut u, 1);
@@ -85,7 +86,8 @@ fn pipe_read_waits_then_completes() {
     let mut u = ring();
     let (r, w) = pipe(0);
     let mut buf = [0u8; 16];
-    // SAFETY: `buf` and `r` outlive the operation's final completion, awaited below.
+    // SAFETY: (I2, I3) `buf` and `r` live until after the read's final completion, awaited below,
+    // so the buffer stays valid and the pipe open until then.
     unsafe {
         u.push(
             Op::Read {
@@ -111,7 +113,8 @@ fn cancel_pending_read_gives_one_ecanceled() {
     let mut u = ring();
     let (r, _w) = pipe(0);
     let mut buf = [0u8; 8];
-    // SAFETY: `buf` and `r` outlive the operation's final completion, awaited below.
+    // SAFETY: (I2, I3) `buf` and `r` live until after the read's final completion, awaited below,
+    // so the buffer stays valid and the pipe open until then.
     let id = unsafe {
         u.push(
             Op::Read {
@@ -144,10 +147,10 @@ fn cancel_pending_read_gives_one_ecanceled() {
 }
 
 fn eventfd() -> OwnedFd {
-    // SAFETY: eventfd takes no pointers; the result is checked.
+    // SAFETY: (FFI) eventfd takes no pointers; the result is checked before use.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
     assert!(fd >= 0);
-    // SAFETY: a fresh fd owned by nobody else.
+    // SAFETY: (FFI) `fd` is an fd that eventfd just returned and nothing else owns.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
@@ -157,7 +160,7 @@ fn bump(efd: RawFd) {
 
 fn drain_eventfd(efd: RawFd) {
     let mut v = [0u8; 8];
-    // SAFETY: `v` is a live 8-byte buffer.
+    // SAFETY: (FFI) `v` is a live 8-byte buffer for the call; `efd` is open.
     unsafe { libc::read(efd, v.as_mut_ptr().cast(), 8) };
 }
 
@@ -165,7 +168,8 @@ fn multishot_poll_reports_repeatedly(native: bool) {
     let mut u = ring();
     u.features.multishot_poll &= native;
     let efd = eventfd();
-    // SAFETY: the eventfd outlives the operation's final completion, awaited below.
+    // SAFETY: (I3) `efd` stays open until after the multishot poll's final completion, awaited
+    // below.
     let id = unsafe {
         u.push(
             Op::Poll {
@@ -216,7 +220,8 @@ fn ten_thousand_nops_through_a_tiny_cq() {
     assert_eq!(u.ring.params().cq_entries(), 8);
     const N: u64 = 10_000;
     for i in 0..N {
-        // SAFETY: a Nop references nothing.
+        // SAFETY: (I2, I3) a Nop references no memory and no fd, so nothing has to stay valid or
+        // open until its final completion.
         unsafe { u.push(Op::Nop, i) };
     }
     assert_eq!(u.in_flight(), N as usize);
@@ -277,7 +282,8 @@ fn eagain_waits_for_readiness_then_retries() {
     let (r, w) = pipe(libc::O_NONBLOCK);
     let mut a = [0u8; 4];
     let mut b = [0u8; 4];
-    // SAFETY: the buffers and fds outlive the final completions, awaited below.
+    // SAFETY: (I2, I3) `a`, `b`, `r` and `w` live until after both operations' final completions,
+    // awaited below, so the buffers stay valid and the pipe open until then.
     let (_, id_b) = unsafe {
         (
             u.push(
@@ -318,7 +324,8 @@ fn eagain_waits_for_readiness_then_retries() {
 #[test]
 fn nonblocking_tty_is_driven_by_poll() {
     let (mut master, mut slave) = (0, 0);
-    // SAFETY: out-parameters are live ints; the name, termios and winsize may be null.
+    // SAFETY: (FFI) the out-parameters are live ints for openpty to fill; the name, termios and
+    // winsize may be null.
     let r = unsafe {
         libc::openpty(
             &mut master,
@@ -329,9 +336,10 @@ fn nonblocking_tty_is_driven_by_poll() {
         )
     };
     assert_eq!(r, 0);
-    // SAFETY: fresh fds owned by nobody else.
+    // SAFETY: (FFI) openpty just returned both fds and nothing else owns them.
     let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    // SAFETY: `tio` is a live termios, filled by tcgetattr before use.
+    // SAFETY: (FFI) `tio` is a termios (plain old data, all zeroes valid) that tcgetattr fills
+    // before cfmakeraw and tcsetattr read it; `slave` is an open tty.
     unsafe {
         let mut tio = std::mem::zeroed::<libc::termios>();
         assert_eq!(libc::tcgetattr(slave.as_raw_fd(), &mut tio), 0);
@@ -343,7 +351,8 @@ fn nonblocking_tty_is_driven_by_poll() {
 
     let mut u = ring();
     let mut buf = [0u8; 16];
-    // SAFETY: `buf` and the fds outlive the final completions, awaited below.
+    // SAFETY: (I2, I3) `buf`, `slave` and `master` live until after the final completions, awaited
+    // below, so the buffer stays valid and the tty open until then.
     unsafe {
         u.push(
             Op::Read {
@@ -366,7 +375,8 @@ fn nonblocking_tty_is_driven_by_poll() {
 
     // A write through the driver (non-blocking tty: poll + write) comes out of the master.
     let msg = b"pong";
-    // SAFETY: `msg` is static.
+    // SAFETY: (I2, I3) `msg` is static; `slave` stays open until after the write's final
+    // completion, awaited below.
     unsafe {
         u.push(
             Op::Write {
@@ -383,7 +393,8 @@ fn nonblocking_tty_is_driven_by_poll() {
     let mut back = [0u8; 4];
     let mut got = 0;
     while got < 4 {
-        // SAFETY: `back[got..]` is a live buffer.
+        // SAFETY: (FFI) `back[got..]` is a live buffer of `4 - got` bytes for the call; `master` is
+        // open.
         let n = unsafe { libc::read(master.as_raw_fd(), back[got..].as_mut_ptr().cast(), 4 - got) };
         if n > 0 {
             got += n as usize;
@@ -406,7 +417,7 @@ fn multishot_accept(native: bool, with_addr: bool) {
     u.features.multishot_accept &= native;
     let (l, addr) = listener();
     let mut peer: libc::sockaddr_storage =
-        // SAFETY: an all-zero sockaddr_storage is valid.
+        // SAFETY: (FFI) sockaddr_storage is plain old data for which all zeroes is a valid value.
         unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     let (paddr, plen) = if with_addr {
@@ -414,7 +425,8 @@ fn multishot_accept(native: bool, with_addr: bool) {
     } else {
         (std::ptr::null_mut(), std::ptr::null_mut())
     };
-    // SAFETY: the listener and address buffers outlive the final completion, awaited below.
+    // SAFETY: (I2, I3) `l`, `peer` and `len` live until after the accept's final completion,
+    // awaited below, so the address buffers stay valid and the listener open until then.
     let id = unsafe {
         u.push(
             Op::Accept {
@@ -436,9 +448,10 @@ fn multishot_accept(native: bool, with_addr: bool) {
         }
         for c in &out {
             assert!(c.more && c.result >= 0, "{c:?}");
-            // SAFETY: the accepted fd is ours to close.
+            // SAFETY: (FFI) `c.result` is an fd that the accept just returned and nothing else
+            // owns.
             let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
-            // SAFETY: F_GETFD takes no pointer.
+            // SAFETY: (FFI) F_GETFD takes no pointer; `fd` is open.
             let fdflags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
             assert!(fdflags & libc::FD_CLOEXEC != 0);
         }
@@ -470,7 +483,7 @@ fn multishot_accept_with_address_is_emulated() {
 fn unix_client(bind: Option<&std::path::Path>, to: &std::path::Path) -> OwnedFd {
     fn sockaddr(path: &std::path::Path) -> (libc::sockaddr_un, libc::socklen_t) {
         use std::os::unix::ffi::OsStrExt;
-        // SAFETY: an all-zero sockaddr_un is valid.
+        // SAFETY: (FFI) sockaddr_un is plain old data for which all zeroes is a valid value.
         let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
         a.sun_family = libc::AF_UNIX as libc::sa_family_t;
         let bytes = path.as_os_str().as_bytes();
@@ -480,19 +493,21 @@ fn unix_client(bind: Option<&std::path::Path>, to: &std::path::Path) -> OwnedFd 
         let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
         (a, len as libc::socklen_t)
     }
-    // SAFETY: socket takes no pointers; the result is checked.
+    // SAFETY: (FFI) socket takes no pointers; the result is checked before use.
     let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     assert!(fd >= 0);
-    // SAFETY: a fresh fd owned by nobody else.
+    // SAFETY: (FFI) `fd` is an fd that socket just returned and nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     if let Some(path) = bind {
         let (a, len) = sockaddr(path);
-        // SAFETY: `a` is a live sockaddr_un of at least `len` bytes.
+        // SAFETY: (FFI) `a` is a live sockaddr_un of at least `len` bytes for the call; `fd` is an
+        // open socket.
         let r = unsafe { libc::bind(fd.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) };
         assert_eq!(r, 0);
     }
     let (a, len) = sockaddr(to);
-    // SAFETY: as above.
+    // SAFETY: (FFI) `a` is a live sockaddr_un of at least `len` bytes for the call; `fd` is an open
+    // socket.
     let r = unsafe { libc::connect(fd.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) };
     assert_eq!(r, 0);
     fd
@@ -507,11 +522,12 @@ fn multishot_accept_resets_the_address_length() {
     let named = dir.join("named-client");
     let l = std::os::unix::net::UnixListener::bind(&server).unwrap();
     let mut u = ring();
-    // SAFETY: an all-zero sockaddr_storage is valid.
+    // SAFETY: (FFI) sockaddr_storage is plain old data for which all zeroes is a valid value.
     let mut peer: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let cap = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     let mut len = cap;
-    // SAFETY: the listener and address buffers outlive the final completion, awaited below.
+    // SAFETY: (I2, I3) `l`, `peer` and `len` live until after the accept's final completion,
+    // awaited below, so the address buffers stay valid and the listener open until then.
     let id = unsafe {
         u.push(
             Op::Accept {
@@ -533,9 +549,11 @@ fn multishot_accept_resets_the_address_length() {
         }
         assert_eq!(out.len(), 1);
         assert!(out[0].more && out[0].result >= 0, "{:?}", out[0]);
-        // SAFETY: the accepted fd is ours to close.
+        // SAFETY: (FFI) `out[0].result` is an fd that the accept just returned and nothing else
+        // owns.
         keep.push(unsafe { OwnedFd::from_raw_fd(out[0].result) });
-        // SAFETY: `peer` holds a sockaddr_un written by the kernel.
+        // SAFETY: (FFI) `peer` is a sockaddr_storage, large and aligned enough for a sockaddr_un,
+        // and holds the one the kernel wrote for this report.
         let un = unsafe { &*(&peer as *const libc::sockaddr_storage).cast::<libc::sockaddr_un>() };
         match bind {
             // An unnamed peer: just the family.
@@ -571,7 +589,7 @@ fn priority_poll_on_a_socket_reports_only_urgent_data() {
         multishot,
     };
     // Armed before normal data arrives: the wake-up must not be reported as PRIORITY.
-    // SAFETY: `server` outlives the final completions, awaited below.
+    // SAFETY: (I3) `server` stays open until after the poll's final completion, awaited below.
     unsafe { u.push(poll(interest::READABLE | interest::PRIORITY, false), 1) };
     settle(&mut u, &mut Vec::new());
     client.write_all(b"abc").unwrap();
@@ -585,12 +603,12 @@ fn priority_poll_on_a_socket_reports_only_urgent_data() {
     );
     assert_ne!(out[0].result as u32 & interest::READABLE, 0);
 
-    // SAFETY: as above.
+    // SAFETY: (I3) `server` stays open until after the poll's final completion, awaited below.
     unsafe { u.push(poll(interest::PRIORITY, false), 2) };
     let mut out = Vec::new();
     u.wait(Some(Duration::from_millis(20)), &mut out).unwrap();
     assert!(out.is_empty(), "only normal data is pending: {out:?}");
-    // SAFETY: a one-byte static buffer for the duration of the call.
+    // SAFETY: (FFI) the one-byte static buffer is valid for the call; `client` is an open socket.
     let n = unsafe { libc::send(client.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
     assert_eq!(n, 1);
     let out = wait_finals(&mut u, 1);
@@ -616,7 +634,8 @@ fn cancel_fd_cancels_everything_on_the_fd(by_fd: bool) {
     let mut bufs = [[0u8; 4]; 12];
     let mut other_buf = [0u8; 4];
     for (i, b) in bufs.iter_mut().enumerate() {
-        // SAFETY: the buffers and fds outlive the final completions, awaited below.
+        // SAFETY: (I2, I3) `bufs` and `r` live until after every read's final completion, awaited
+        // below, so each buffer stays valid and the pipe open until then.
         unsafe {
             u.push(
                 Op::Read {
@@ -633,7 +652,8 @@ fn cancel_fd_cancels_everything_on_the_fd(by_fd: bool) {
     settle(&mut u, &mut out);
     assert_eq!(u.cancel_fd(r.as_raw_fd()), 12);
     // An operation on another fd is untouched and still completes.
-    // SAFETY: as above.
+    // SAFETY: (I2, I3) `other_buf` and `other` live until after the read's final completion,
+    // awaited below, so the buffer stays valid and the pipe open until then.
     unsafe {
         u.push(
             Op::Read {
@@ -680,7 +700,8 @@ fn shutdown_ends_everything() {
     let efd = eventfd();
     let mut bufs = [[0u8; 4]; 20];
     for (i, b) in bufs.iter_mut().enumerate() {
-        // SAFETY: the buffers and fds outlive shutdown, which returns every final completion.
+        // SAFETY: (I2, I3) `bufs` and `r` live until after shutdown, which returns every final
+        // completion, so each buffer stays valid and the pipe open until then.
         unsafe {
             u.push(
                 Op::Read {
@@ -693,7 +714,8 @@ fn shutdown_ends_everything() {
             )
         };
     }
-    // SAFETY: as above.
+    // SAFETY: (I3) `efd` lives until after shutdown, which returns the multishot poll's final
+    // completion.
     unsafe {
         u.push(
             Op::Poll {
@@ -711,7 +733,8 @@ fn shutdown_ends_everything() {
     assert_eq!(finals.len(), 21);
     assert!(finals.iter().all(|c| c.result == -libc::ECANCELED));
     // The driver still works afterwards.
-    // SAFETY: a Nop references nothing.
+    // SAFETY: (I2, I3) a Nop references no memory and no fd, so nothing has to stay valid or open
+    // until its final completion.
     unsafe { u.push(Op::Nop, 1) };
     assert_eq!(wait_finals(&mut u, 1)[0].result, 0);
 }
@@ -720,7 +743,7 @@ fn shutdown_ends_everything() {
 fn send_never_raises_sigpipe_and_close_works() {
     let mut u = ring();
     let mut sv = [0; 2];
-    // SAFETY: `sv` is a writable array of two ints.
+    // SAFETY: (FFI) `sv` is a writable array of two ints for socketpair to fill.
     let r = unsafe {
         libc::socketpair(
             libc::AF_UNIX,
@@ -730,10 +753,11 @@ fn send_never_raises_sigpipe_and_close_works() {
         )
     };
     assert_eq!(r, 0);
-    // SAFETY: a fresh fd owned by nobody else.
+    // SAFETY: (FFI) `sv[1]` is an fd that socketpair just returned and nothing else owns.
     drop(unsafe { OwnedFd::from_raw_fd(sv[1]) });
     let msg = b"x";
-    // SAFETY: `msg` is static; the fd is transferred by the Close pushed after the Send.
+    // SAFETY: (I2, I3) `msg` is static; `sv[0]` is owned by no one and is closed only by the Close
+    // pushed after the send's final completion.
     unsafe {
         u.push(
             Op::Send {
@@ -747,7 +771,8 @@ fn send_never_raises_sigpipe_and_close_works() {
     }
     let out = wait_finals(&mut u, 1);
     assert_eq!(out[0].result, -libc::EPIPE);
-    // SAFETY: the Close takes over the fd.
+    // SAFETY: (I3) the send on `sv[0]` has had its final completion, so no operation is in flight
+    // on it; the Close takes it over and nothing else owns it.
     unsafe { u.push(Op::Close { fd: sv[0] }, 2) };
     assert_eq!(wait_finals(&mut u, 1)[0].result, 0);
 }
@@ -786,7 +811,8 @@ fn recv_multi(native: bool) {
     let ring_buf = BufRing::new(2, 4).unwrap();
     let mut u = ring();
     u.features.multishot_recv &= native;
-    // SAFETY: `ring_buf` outlives the driver (declared first).
+    // SAFETY: (I2) `ring_buf` is declared before the driver, so it stays valid and unmoved until
+    // the driver's drop, which waits for its operations first.
     unsafe { u.register_buf_ring(&ring_buf) }.unwrap();
     assert_eq!(
         ring_buf.group().is_some(),
@@ -803,7 +829,8 @@ fn recv_multi(native: bool) {
             ring: &ring_buf,
             flags: 0,
         };
-        // SAFETY: the ring and the socket outlive the operation, run to its end below.
+        // SAFETY: (I2, I3) `ring_buf` and `a` live until after the receive's final completion,
+        // awaited below, so the buffers stay valid and the socket open until then.
         unsafe { u.push(op, 9) };
         let mut out = Vec::new();
         while !out.iter().any(|c: &Completion| !c.more) {
@@ -815,7 +842,9 @@ fn recv_multi(native: bool) {
         for c in &out {
             if c.more {
                 let (bid, len) = unpack(c.result);
-                // SAFETY: handed out by this report; recycled once, here.
+                // SAFETY: (I2) the driver handed `bid` out with this report and it has not been
+                // recycled, so no receive writes it while `chunk` reads it; it goes back to the
+                // ring once, here.
                 unsafe {
                     got.extend_from_slice(ring_buf.chunk(bid, len));
                     ring_buf.recycle(bid);
