@@ -5,7 +5,7 @@
 mod common;
 
 use std::cell::Cell;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -13,7 +13,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use common::{fd_count, pipe};
-use fdloop::{BackendChoice, Interest, Loop, Timer};
+use fdloop::net::UnixStream as FiberUnixStream;
+use fdloop::{BackendChoice, Interest, Loop, PipeReader, Timer};
 
 /// Watch a pipe, close it behind the loop's back, put a new readable socket on the same fd
 /// number and register it: the old callback never runs, the new one does.
@@ -117,11 +118,39 @@ fn close_with_work_in_flight(choice: BackendChoice) {
     assert_eq!(fd_count(), before, "close() leaked an fd");
 }
 
+/// A fiber socket is dropped and its number reused by a pipe (`dup2`): the loop must not treat
+/// the pipe as the socket it knew. (Here, not among the net tests: between the drop and the
+/// `dup2`, a test on another thread could take the number.)
+fn a_dropped_sockets_fd_number_can_be_reused_by_a_pipe(lp: &Loop) {
+    let h = lp.spawn(|| {
+        let (mut a, b) = FiberUnixStream::pair().unwrap();
+        (&b).write_all(b"s").unwrap();
+        a.read_exact(&mut [0u8; 1]).unwrap(); // the loop now knows `a`'s fd as a socket
+        let num = a.as_raw_fd();
+        let (r, w) = common::pipe();
+        drop((a, b));
+        // A pipe on the same fd number: the loop must not treat it as a socket.
+        // SAFETY: (FFI) dup2 onto the number `a` had; the result is owned by `reused` alone.
+        assert_eq!(unsafe { libc::dup2(r.as_raw_fd(), num) }, num);
+        // SAFETY: (FFI) `num` is a fresh duplicate that nothing else owns.
+        let reused = unsafe { OwnedFd::from_raw_fd(num) };
+        drop(r);
+        common::write_fd(&w, b"pipe data");
+        let mut rx = PipeReader::from(reused);
+        let mut buf = [0u8; 9];
+        rx.read_exact(&mut buf).unwrap();
+        buf
+    });
+    lp.run().unwrap();
+    assert_eq!(&h.join().unwrap(), b"pipe data");
+}
+
 #[test]
 fn fd_numbers_and_accounting_on_both_backends() {
     for choice in [BackendChoice::Uring, BackendChoice::Epoll] {
         if let Some(lp) = common::new_loop(choice) {
             stale_registration_never_reaches_a_reused_fd_number(&lp);
+            a_dropped_sockets_fd_number_can_be_reused_by_a_pipe(&lp);
         }
     }
     for choice in [BackendChoice::Uring, BackendChoice::Epoll] {

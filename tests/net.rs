@@ -709,30 +709,6 @@ backend_tests! {
         assert_eq!(h.join().unwrap(), (*b"peekaboo", *b"unix"));
     }
 
-    fn a_dropped_sockets_fd_number_can_be_reused_by_a_pipe(lp: &Loop) {
-        let h = lp.spawn(|| {
-            let (mut a, b) = UnixStream::pair().unwrap();
-            (&b).write_all(b"s").unwrap();
-            a.read_exact(&mut [0u8; 1]).unwrap(); // the loop now knows `a`'s fd as a socket
-            let num = a.as_raw_fd();
-            let (r, w) = common::pipe();
-            drop((a, b));
-            // A pipe on the same fd number: the loop must not treat it as a socket.
-            // SAFETY: (FFI) dup2 onto the number `a` had; the result is owned by `reused` alone.
-            assert_eq!(unsafe { libc::dup2(r.as_raw_fd(), num) }, num);
-            // SAFETY: (FFI) `num` is a fresh duplicate that nothing else owns.
-            let reused = unsafe { OwnedFd::from_raw_fd(num) };
-            drop(r);
-            common::write_fd(&w, b"pipe data");
-            let mut rx = PipeReader::from(reused);
-            let mut buf = [0u8; 9];
-            rx.read_exact(&mut buf).unwrap();
-            buf
-        });
-        lp.run().unwrap();
-        assert_eq!(&h.join().unwrap(), b"pipe data");
-    }
-
     fn adopting_std_sockets_and_raw_fds(lp: &Loop) {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         assert!(!nonblocking(&std_listener));
