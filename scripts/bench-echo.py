@@ -54,6 +54,11 @@ import benchlib as bl  # noqa: E402
 SERVERS = {
     "fdloop-cb-uring": ["echo_fdloop", "--style", "callback", "--backend", "uring"],
     "fdloop-fiber-uring": ["echo_fdloop", "--style", "fiber", "--backend", "uring"],
+    # The same callback server with the io_uring batch wait (LoopBuilder::batch_wait): fewer
+    # syscalls per round trip, paid for in latency and CPU.
+    "fdloop-cb-uring-bw50": [
+        "echo_fdloop", "--style", "callback", "--backend", "uring", "--batch-wait-us", "50",
+    ],
     "fdloop-cb-epoll": ["echo_fdloop", "--style", "callback", "--backend", "epoll"],
     "fdloop-fiber-epoll": ["echo_fdloop", "--style", "fiber", "--backend", "epoll"],
     "tokio": ["echo_tokio"],
@@ -81,6 +86,10 @@ TARGETS = [
     ("syscalls/rt, io_uring, 64×64 B", "64x64", "syscalls", "fdloop-fiber-uring", None, 0.05),
     ("syscalls/rt, io_uring, 1×64 B", "1x64", "syscalls", "fdloop-cb-uring", None, 1.0),
     ("syscalls/rt, io_uring, 1×64 B", "1x64", "syscalls", "fdloop-fiber-uring", None, 1.0),
+    ("syscalls/rt, io_uring + batch wait, 64×64 B", "64x64", "syscalls", "fdloop-cb-uring-bw50",
+     None, 0.05),
+    ("syscalls/rt, io_uring + batch wait, 1×64 B", "1x64", "syscalls", "fdloop-cb-uring-bw50",
+     None, 1.0),
     ("syscalls/rt, epoll, 64×64 B", "64x64", "syscalls", "fdloop-cb-epoll", None, 2.02),
     ("syscalls/rt, epoll, 64×64 B", "64x64", "syscalls", "fdloop-fiber-epoll", None, 2.02),
 ]

@@ -431,6 +431,7 @@ def echo_ratio_chart(path, summary):
 # Targets: measured against the limit, one row per target
 
 SHORT = {"fdloop-cb-uring": "callback, io_uring", "fdloop-fiber-uring": "fiber, io_uring",
+         "fdloop-cb-uring-bw50": "callback, io_uring, batch wait 50 µs",
          "fdloop-cb-epoll": "callback, epoll", "fdloop-fiber-epoll": "fiber, epoll"}
 
 
