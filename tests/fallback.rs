@@ -7,7 +7,7 @@
 
 mod common;
 #[allow(dead_code)]
-#[path = "common/seccomp.rs"]
+#[path = "../backends/tests/common/seccomp.rs"]
 mod seccomp;
 
 use std::cell::{Cell, RefCell};
