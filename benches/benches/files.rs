@@ -132,6 +132,40 @@ fn warm(c: &mut Criterion) {
         })
     });
 
+    // The same loop with the destination footprint of 32 fibers (one page each, used in
+    // turn): it tells the cost of the copies into 128 KiB of buffers from fdloop's own cost.
+    let mut pages: Vec<Page> = (0..FIBERS).map(|_| Page([0; BLOCK as usize])).collect();
+    let mut next = 0;
+    g.bench_function("pread-loop-32-buffers", |b| {
+        b.iter(|| {
+            next = (next + 1) % pages.len();
+            let got = std_file
+                .read_at(&mut pages[next].0, rng.offset(blocks))
+                .expect("pread");
+            assert_eq!(got, BLOCK as usize);
+        })
+    });
+
+    // The floor for a reader that must not block on a cache miss: `preadv2(RWF_NOWAIT)`, which
+    // fdloop's fast path issues; the kernel runs it through its vectored read path.
+    g.bench_function("preadv2-nowait-loop", |b| {
+        b.iter(|| {
+            let iov = libc::iovec {
+                iov_base: page.0.as_mut_ptr().cast(),
+                iov_len: page.0.len(),
+            };
+            let off = rng.offset(blocks) as libc::off_t;
+            // SAFETY: (FFI) `iov` describes `page`, writable for the call; the fd is open.
+            let got =
+                unsafe { libc::preadv2(std_file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+            if got != BLOCK as isize {
+                // Not all cached (EAGAIN or short): a plain read, as fdloop's slow path would.
+                let got = std_file.read_at(&mut page.0, off as u64).expect("pread");
+                assert_eq!(got, BLOCK as usize);
+            }
+        })
+    });
+
     for (name, backend) in [
         ("fdloop-uring-32-fibers", BackendChoice::Uring),
         ("fdloop-epoll-32-fibers", BackendChoice::Epoll),

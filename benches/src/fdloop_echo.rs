@@ -11,9 +11,15 @@ use fdloop::{BufPool, Loop, Timer};
 
 use crate::set_nodelay;
 
-/// Buffers in the receive pool shared by every connection of [`accept_callbacks`]. Each chunk
-/// holds one only while its callback runs, so a few dozen serve any number of connections.
-pub const POOL_BUFFERS: usize = 64;
+/// Buffers in the receive pool shared by every connection of [`accept_callbacks`]. The kernel
+/// fills one per connection that has data before the loop runs the callbacks that give them
+/// back, so the pool needs about one buffer per connection active in a batch: with fewer, a
+/// receive ends with `ENOBUFS` and is re-armed, which costs a submission (an `epoll_ctl` on
+/// epoll) per re-arm.
+pub const POOL_BUFFERS: usize = 1024;
+/// Bytes per pool buffer: more than any burst of the echo workloads (16 × 64 B pipelined,
+/// 1 KiB messages).
+pub const POOL_BUFFER_SIZE: usize = 4096;
 
 /// Accepts connections on `listener` with one `Loop::accept_multishot`, and echoes each with a
 /// `Loop::recv_multishot` into a pool of `buf_size`-byte buffers shared by all connections
@@ -24,7 +30,7 @@ pub fn accept_callbacks(
     buf_size: usize,
     accepted: Rc<Cell<usize>>,
 ) {
-    let pool = match lp.buffer_pool(POOL_BUFFERS, buf_size.min(1 << 16)) {
+    let pool = match lp.buffer_pool(POOL_BUFFERS, buf_size.min(POOL_BUFFER_SIZE)) {
         Ok(pool) => pool,
         Err(e) => {
             eprintln!("buffer pool: {e}");

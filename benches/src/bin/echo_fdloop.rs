@@ -10,7 +10,7 @@
 //! same `io_uring_enter`, waiting at most this long for it. Default 0 (off); 50 suits the callback server.
 //!
 //! * `callback`: one multishot accept, one multishot receive per connection into a pool of
-//!   64 × 16 KiB buffers shared by all connections (`Loop::accept_multishot` /
+//!   1,024 × 4 KiB buffers shared by all connections (`Loop::accept_multishot` /
 //!   `recv_multishot`), and `Loop::send` from a per-connection `Vec` reused round after round.
 //! * `fiber`: one fiber per connection (`fdloop::net::TcpStream`, `Read` / `Write`), the
 //!   16 KiB buffer on the fiber's stack.
