@@ -1,6 +1,7 @@
 //! Invariant I6: the hot paths do not allocate in steady state. Poll dispatch, timer fire and
-//! multishot receive (per chunk) are measured with a counting global allocator over 10,000 loop iterations after a warm-up, on
-//! both backends; completion I/O is measured and reported (today one `Box` per operation, for
+//! multishot receive (per chunk) are measured with a counting global allocator
+//! (`tests/support/counting_alloc.rs`) over 10,000 loop iterations after a warm-up, on both
+//! backends; completion I/O is measured and reported (today one `Box` per operation, for
 //! its callback) but not asserted.
 //!
 //! The allocator is global, so this is a test binary of its own, and its cases run one after
@@ -11,133 +12,28 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::backtrace::Backtrace;
 use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{eventfd, eventfd_write, temp_path};
 use fdloop::{BackendChoice, Interest, Loop, Timer};
 
-// ---------------------------------------------------------------------------------------------
-// The counting allocator
-// ---------------------------------------------------------------------------------------------
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
-struct Counting;
-
-thread_local! {
-    /// Count this thread's allocations.
-    static TRACK: Cell<bool> = const { Cell::new(false) };
-    /// This thread's allocations while `TRACK` was on.
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-    /// Backtraces still to print in the current measurement.
-    static TRACES_LEFT: Cell<u32> = const { Cell::new(0) };
-    /// Set while the allocator itself is allocating (a backtrace): not counted, no recursion.
-    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Count allocations of every thread.
-static ALL_TRACK: AtomicBool = AtomicBool::new(false);
-static ALL_COUNT: AtomicU64 = AtomicU64::new(0);
+use counting_alloc::Counts;
 
 /// How many allocations of the measured thread print a backtrace, per measurement.
 const TRACES: u32 = 3;
 
-fn record(size: usize) {
-    // `try_with`: const-initialised thread-locals without destructors are always accessible,
-    // but a failure must never panic inside the allocator.
-    let in_hook = IN_HOOK.try_with(|h| h.get()).unwrap_or(true);
-    if in_hook {
-        return;
-    }
-    if ALL_TRACK.load(Ordering::Relaxed) {
-        ALL_COUNT.fetch_add(1, Ordering::Relaxed);
-    }
-    let tracked = TRACK.try_with(|t| t.get()).unwrap_or(false);
-    if !tracked {
-        return;
-    }
-    let _ = COUNT.try_with(|c| c.set(c.get() + 1));
-    let print = TRACES_LEFT
-        .try_with(|t| {
-            let left = t.get();
-            if left > 0 {
-                t.set(left - 1);
-            }
-            left > 0
-        })
-        .unwrap_or(false);
-    if print {
-        let _ = IN_HOOK.try_with(|h| h.set(true));
-        let bt = Backtrace::force_capture();
-        eprintln!("allocation of {size} bytes on the measured thread:\n{bt}");
-        let _ = IN_HOOK.try_with(|h| h.set(false));
-    }
-}
-
-// SAFETY: (FFI) every method forwards to `System` with the caller's arguments unchanged, so the
-// `GlobalAlloc` contract is `System`'s; `record` only touches thread-locals and atomics (and,
-// guarded against re-entrance, captures and prints a backtrace, which allocates through this same
-// allocator without being counted).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        record(layout.size());
-        // SAFETY: (FFI) the caller of `alloc` passes a non-zero-sized layout, which is forwarded to
-        // `System.alloc` unchanged.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        record(layout.size());
-        // SAFETY: (FFI) the caller of `alloc_zeroed` passes a non-zero-sized layout, which is
-        // forwarded to `System.alloc_zeroed` unchanged.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        record(new_size);
-        // SAFETY: (FFI) the caller of `realloc` passes a `ptr` that this allocator, that is
-        // `System`, allocated with `layout`, and a valid `new_size`, forwarded unchanged.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: (FFI) the caller of `dealloc` passes a `ptr` that this allocator, that is
-        // `System`, allocated with `layout`, forwarded unchanged.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations during one measurement.
-#[derive(Clone, Copy, Debug, Default)]
-struct Counts {
-    /// On the calling (loop) thread.
-    thread: u64,
-    /// On every thread of the process.
-    all: u64,
-}
-
 /// Runs `f` with allocation counting on (between two marks) and returns the counts; `trace`:
 /// print the backtraces of the first allocations.
 fn measure(trace: bool, f: impl FnOnce()) -> Counts {
-    COUNT.with(|c| c.set(0));
-    TRACES_LEFT.with(|t| t.set(if trace { TRACES } else { 0 }));
-    ALL_COUNT.store(0, Ordering::SeqCst);
-    ALL_TRACK.store(true, Ordering::SeqCst);
-    TRACK.with(|t| t.set(true));
+    counting_alloc::start(if trace { TRACES } else { 0 });
     f();
-    TRACK.with(|t| t.set(false));
-    ALL_TRACK.store(false, Ordering::SeqCst);
-    Counts {
-        thread: COUNT.with(|c| c.get()),
-        all: ALL_COUNT.load(Ordering::SeqCst),
-    }
+    counting_alloc::stop()
 }
 
 // ---------------------------------------------------------------------------------------------

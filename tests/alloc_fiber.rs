@@ -9,113 +9,26 @@
 //! loop thread print a backtrace (captured with a re-entrancy guard), so that a failure says
 //! where it comes from.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::backtrace::Backtrace;
-use std::cell::Cell;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use fdloop::net::{TcpListener, TcpStream};
 use fdloop::{BackendChoice, Loop};
 
-// ---------------------------------------------------------------------------------------------
-// The counting allocator
-// ---------------------------------------------------------------------------------------------
-
-struct Counting;
-
-thread_local! {
-    /// Count this thread's allocations (between the two marks).
-    static TRACK: Cell<bool> = const { Cell::new(false) };
-    /// This thread's allocations while `TRACK` was on.
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-    /// Backtraces still to print in the current measurement.
-    static TRACES_LEFT: Cell<u32> = const { Cell::new(0) };
-    /// Set while the allocator itself is allocating (a backtrace): not counted, no recursion.
-    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Allocations of other threads during a measurement (reported, not asserted).
-static OTHERS: AtomicU64 = AtomicU64::new(0);
-static MEASURING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 /// How many allocations of the measured thread print a backtrace, per measurement.
 const TRACES: u32 = 5;
 
-fn record(size: usize) {
-    // `try_with`: never panic inside the allocator.
-    if IN_HOOK.try_with(|h| h.get()).unwrap_or(true) {
-        return;
-    }
-    let tracked = TRACK.try_with(|t| t.get()).unwrap_or(false);
-    if !tracked {
-        if MEASURING.load(Ordering::Relaxed) {
-            OTHERS.fetch_add(1, Ordering::Relaxed);
-        }
-        return;
-    }
-    let _ = COUNT.try_with(|c| c.set(c.get() + 1));
-    let print = TRACES_LEFT
-        .try_with(|t| {
-            let left = t.get();
-            t.set(left.saturating_sub(1));
-            left > 0
-        })
-        .unwrap_or(false);
-    if print {
-        let _ = IN_HOOK.try_with(|h| h.set(true));
-        let bt = Backtrace::force_capture();
-        eprintln!("allocation of {size} bytes on the loop thread:\n{bt}");
-        let _ = IN_HOOK.try_with(|h| h.set(false));
-    }
-}
-
-// SAFETY: (FFI) every method forwards to `System` with the caller's arguments unchanged, so the
-// `GlobalAlloc` contract is `System`'s; `record` only touches thread-locals and atomics (and,
-// guarded against re-entrance, captures and prints a backtrace, which allocates through this same
-// allocator without being counted).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        record(layout.size());
-        // SAFETY: (FFI) forwarded from the caller (a non-zero-sized layout).
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        record(layout.size());
-        // SAFETY: (FFI) forwarded from the caller.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        record(new_size);
-        // SAFETY: (FFI) forwarded from the caller (`ptr` was allocated by `System` with `layout`).
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: (FFI) forwarded from the caller.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
 /// The first mark: from here on, the calling thread's allocations are counted.
 fn start_counting() {
-    COUNT.with(|c| c.set(0));
-    TRACES_LEFT.with(|t| t.set(TRACES));
-    OTHERS.store(0, Ordering::SeqCst);
-    MEASURING.store(true, Ordering::SeqCst);
-    TRACK.with(|t| t.set(true));
+    counting_alloc::start(TRACES);
 }
 
 /// The second mark: the calling thread's allocations since the first, and other threads'.
 fn stop_counting() -> (u64, u64) {
-    TRACK.with(|t| t.set(false));
-    MEASURING.store(false, Ordering::SeqCst);
-    (COUNT.with(|c| c.get()), OTHERS.load(Ordering::SeqCst))
+    let counts = counting_alloc::stop();
+    (counts.thread, counts.others())
 }
 
 // ---------------------------------------------------------------------------------------------
