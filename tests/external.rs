@@ -270,6 +270,52 @@ fn assert_closed_by_peer(s: &mut impl Read) {
     }
 }
 
+/// After the library's first socket was closed (or its number reused) behind the loop's back
+/// and its peer written to: over 50 ms of loop iterations and two housekeeping ticks, the loop
+/// reports it exactly once (an error containing `error`), never calls the library to read it,
+/// does not spin (one iteration per 5 ms tick, give or take an event), and lets go of the
+/// socket: the peer sees the end of the connection.
+fn expect_let_go(lp: &Loop, log: &Log, peers: &RefCell<Vec<UnixStream>>, error: &str) {
+    let readable = log.readable.get();
+    let housekeeping = log.housekeeping.get();
+    let start = Instant::now();
+    let mut iterations = 0;
+    while start.elapsed() < Duration::from_millis(50) {
+        lp.run_once().unwrap();
+        iterations += 1;
+    }
+    run_until(lp, || log.housekeeping.get() >= housekeeping + 2);
+    assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
+    assert!(
+        log.errors.borrow()[0].contains(error),
+        "{:?}",
+        log.errors.borrow()
+    );
+    assert_eq!(
+        log.readable.get(),
+        readable,
+        "the library was called for a file it lost"
+    );
+    assert!(iterations < 100, "{iterations} iterations in 50 ms");
+    peers.borrow()[0].set_nonblocking(false).unwrap();
+    peers.borrow()[0]
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_closed_by_peer(&mut peers.borrow_mut()[0]);
+}
+
+/// The library reconnects from housekeeping: the loop picks up the new fd and serves it, with
+/// no further error; then the source is detached.
+fn expect_reconnect(lp: &Loop, id: &ExternalId<Fake>, log: &Log, peers: &RefCell<Vec<UnixStream>>) {
+    lp.with_external(id, |lib| lib.reconnect = Some(Reconnect::CloseThenOpen))
+        .unwrap();
+    run_until(lp, || log.connections.get() == 2);
+    peers.borrow_mut()[1].write_all(b"z").unwrap();
+    run_until(lp, || *log.got.borrow() == b"xz");
+    assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
+    assert!(lp.detach_external(id).unwrap().is_some());
+}
+
 /// Serializes the tests of this file: some close an fd behind the loop and check what becomes
 /// of its number, which any other test of this process could otherwise take at any moment.
 fn one_at_a_time() -> MutexGuard<'static, ()> {
@@ -376,32 +422,9 @@ serial_backend_tests! {
         // On io_uring the armed poll still holds the socket, so this write succeeds and the
         // poll fires: the event must not reach the library. (On epoll it fails with EPIPE.)
         let _ = peers.borrow_mut()[0].write(b"y");
-        let readable = log.readable.get();
-        let housekeeping = log.housekeeping.get();
-        let start = Instant::now();
-        let mut iterations = 0;
-        while start.elapsed() < Duration::from_millis(50) {
-            lp.run_once().unwrap();
-            iterations += 1;
-        }
-        run_until(lp, || log.housekeeping.get() >= housekeeping + 2);
-        assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
-        assert!(log.errors.borrow()[0].contains("closed behind the loop"), "{:?}", log.errors.borrow());
-        assert_eq!(log.readable.get(), readable, "the library was called for a closed fd");
-        // No busy loop: one iteration per housekeeping tick (5 ms), give or take an event.
-        assert!(iterations < 100, "{iterations} iterations in 50 ms");
-        // The loop let go of the socket: the peer sees the end of the connection.
-        peers.borrow()[0].set_nonblocking(false).unwrap();
-        peers.borrow()[0].set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        assert_closed_by_peer(&mut peers.borrow_mut()[0]);
-
+        expect_let_go(lp, &log, &peers, "closed behind the loop");
         // The library reconnects from housekeeping; the loop picks up the new fd.
-        lp.with_external(&id, |lib| lib.reconnect = Some(Reconnect::CloseThenOpen)).unwrap();
-        run_until(lp, || log.connections.get() == 2);
-        peers.borrow_mut()[1].write_all(b"z").unwrap();
-        run_until(lp, || *log.got.borrow() == b"xz");
-        assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
-        assert!(lp.detach_external(&id).unwrap().is_some());
+        expect_reconnect(lp, &id, &log, &peers);
     }
 
     fn closed_behind_and_the_number_reused(lp: &Loop) {
@@ -429,31 +452,9 @@ serial_backend_tests! {
         let reused = unsafe { std::os::fd::OwnedFd::from_raw_fd(number) };
         assert_eq!(duped, number, "dup2: {dup_error}");
         let _ = peers.borrow_mut()[0].write(b"y");
-        let readable = log.readable.get();
-        let housekeeping = log.housekeeping.get();
-        let start = Instant::now();
-        let mut iterations = 0;
-        while start.elapsed() < Duration::from_millis(50) {
-            lp.run_once().unwrap();
-            iterations += 1;
-        }
-        run_until(lp, || log.housekeeping.get() >= housekeeping + 2);
-        assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
-        assert!(log.errors.borrow()[0].contains("now names another file"), "{:?}", log.errors.borrow());
-        assert_eq!(log.readable.get(), readable, "the library was called for the pipe");
-        assert!(iterations < 100, "{iterations} iterations in 50 ms");
-        // The loop let go of the socket.
-        peers.borrow()[0].set_nonblocking(false).unwrap();
-        peers.borrow()[0].set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        assert_closed_by_peer(&mut peers.borrow_mut()[0]);
-
+        expect_let_go(lp, &log, &peers, "now names another file");
         // The library reconnects (on another number: the pipe holds the old one).
-        lp.with_external(&id, |lib| lib.reconnect = Some(Reconnect::CloseThenOpen)).unwrap();
-        run_until(lp, || log.connections.get() == 2);
-        peers.borrow_mut()[1].write_all(b"z").unwrap();
-        run_until(lp, || *log.got.borrow() == b"xz");
-        assert_eq!(log.errors.borrow().len(), 1, "{:?}", log.errors.borrow());
-        assert!(lp.detach_external(&id).unwrap().is_some());
+        expect_reconnect(lp, &id, &log, &peers);
         // Nobody read the pipe.
         assert_eq!(common::read_fd(&reused, 64), b"not for the library");
     }
