@@ -10,8 +10,12 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::{in_fiber, pattern};
 use fdloop::fs::{self, File, OpenOptions};
 use fdloop::{fiber, pipe, Loop};
+
+/// The seed of this file's data pattern ([`pattern`]).
+const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// A temp path removed (file or directory) when dropped.
 struct TempPath(PathBuf);
@@ -31,29 +35,6 @@ impl Drop for TempPath {
         let _ = std::fs::remove_file(&self.0);
         let _ = std::fs::remove_dir(&self.0);
     }
-}
-
-/// Runs `f` in a fiber on `lp` until the loop is idle; re-raises the fiber's panic.
-fn in_fiber<T: 'static>(lp: &Loop, f: impl FnOnce() -> T + 'static) -> T {
-    let h = lp.spawn(f);
-    lp.run().unwrap();
-    match h.join() {
-        Ok(v) => v,
-        Err(payload) => std::panic::resume_unwind(payload),
-    }
-}
-
-/// `len` bytes of a fixed pseudo-random pattern.
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 #[test]
@@ -225,7 +206,7 @@ backend_tests! {
 
     fn read_to_end_of_a_4_mib_file(lp: &Loop) {
         let t = TempPath::new("big");
-        let data = pattern(4 << 20);
+        let data = pattern(SEED, 4 << 20);
         std::fs::write(&t.0, &data).unwrap();
         let p = t.path();
         let (whole, tail, via_read) = in_fiber(lp, move || {
@@ -247,7 +228,7 @@ backend_tests! {
     fn sixteen_fibers_read_at_concurrently(lp: &Loop) {
         const CHUNK: usize = 64 * 1024;
         let t = TempPath::new("concurrent");
-        let data = Rc::new(pattern(16 * CHUNK + 123));
+        let data = Rc::new(pattern(SEED, 16 * CHUNK + 123));
         std::fs::write(&t.0, &*data).unwrap();
         let p = t.path();
         let file = Rc::new(in_fiber(lp, move || File::open(&p).unwrap()));

@@ -12,8 +12,12 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::{in_fiber, pattern};
 use fdloop::fs::{File, OpenOptions};
 use fdloop::{Loop, Timer};
+
+/// The seed of this file's data pattern ([`pattern`]).
+const SEED: u64 = 0x2545_f491_4f6c_dd1d;
 
 const LEN: usize = 256 * 1024;
 
@@ -23,7 +27,7 @@ struct TestFile(PathBuf);
 impl TestFile {
     fn new(tag: &str) -> TestFile {
         let p = common::temp_path(tag);
-        std::fs::write(&p, pattern(LEN)).unwrap();
+        std::fs::write(&p, pattern(SEED, LEN)).unwrap();
         std::fs::File::open(&p).unwrap().sync_all().unwrap();
         TestFile(p)
     }
@@ -56,28 +60,6 @@ impl Drop for TestFile {
     }
 }
 
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// Runs `f` in a fiber on `lp` until the loop is idle; re-raises the fiber's panic.
-fn in_fiber<T: 'static>(lp: &Loop, f: impl FnOnce() -> T + 'static) -> T {
-    let h = lp.spawn(f);
-    lp.run().unwrap();
-    match h.join() {
-        Ok(v) => v,
-        Err(payload) => std::panic::resume_unwind(payload),
-    }
-}
-
 #[repr(C, align(4096))]
 struct Aligned([u8; 16384]);
 
@@ -85,7 +67,7 @@ backend_tests! {
     fn partly_cached_ranges_read_whole(lp: &Loop) {
         let t = TestFile::new("cached-partly");
         let p = t.path();
-        let want = pattern(LEN);
+        let want = pattern(SEED, LEN);
         // Warm the first half, drop the second: a read across the middle is a partial hit.
         std::fs::read(&p).unwrap();
         t.evict(LEN / 2, LEN / 2);
@@ -118,7 +100,7 @@ backend_tests! {
     fn the_end_of_the_file(lp: &Loop) {
         let t = TestFile::new("cached-end");
         let p = t.path();
-        let want = pattern(LEN);
+        let want = pattern(SEED, LEN);
         std::fs::read(&p).unwrap();
         in_fiber(lp, move || {
             let f = File::open(&p).unwrap();
@@ -136,7 +118,7 @@ backend_tests! {
     fn vectored_reads_at_the_cursor(lp: &Loop) {
         let t = TestFile::new("cached-vectored");
         let p = t.path();
-        let want = pattern(LEN);
+        let want = pattern(SEED, LEN);
         std::fs::read(&p).unwrap();
         in_fiber(lp, move || {
             let mut f = File::open(&p).unwrap();
@@ -165,7 +147,7 @@ backend_tests! {
     fn direct_files_and_adopted_files(lp: &Loop) {
         let t = TestFile::new("cached-direct");
         let p = t.path();
-        let want = pattern(LEN);
+        let want = pattern(SEED, LEN);
         let w = want.clone();
         in_fiber(lp, move || {
             match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&p) {

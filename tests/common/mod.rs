@@ -116,3 +116,26 @@ pub fn temp_path(tag: &str) -> PathBuf {
         N.fetch_add(1, Ordering::Relaxed)
     ))
 }
+
+/// Runs `f` in a fiber on `lp` until the loop is idle; re-raises the fiber's panic.
+pub fn in_fiber<T: 'static>(lp: &Loop, f: impl FnOnce() -> T + 'static) -> T {
+    let h = lp.spawn(f);
+    lp.run().unwrap();
+    match h.join() {
+        Ok(v) => v,
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
+}
+
+/// `len` bytes of a pseudo-random pattern (xorshift64) fixed by `seed` (non-zero).
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
