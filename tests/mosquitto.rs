@@ -135,7 +135,13 @@ mod with_broker {
     #[derive(Default)]
     struct Seen {
         connects: Cell<u32>,
+        /// A session is up (between `Connected(0)` and `Disconnected`).
+        connected: Cell<bool>,
+        /// Established sessions that ended.
         disconnects: Cell<u32>,
+        /// Reconnect attempts that failed before a session was up (libmosquitto reports them
+        /// as `Disconnected` too: an attempt made while no broker listens on the port).
+        failed_attempts: Cell<u32>,
         refused: RefCell<Vec<i32>>,
         acked: Cell<usize>,
         received: RefCell<Vec<u32>>,
@@ -215,10 +221,16 @@ mod with_broker {
                 client.on_event(move |_lp, client, event| match event {
                     Event::Connected(0) => {
                         seen.connects.set(seen.connects.get() + 1);
+                        seen.connected.set(true);
                         client.subscribe(&topic, 1).unwrap();
                     }
                     Event::Connected(rc) => seen.refused.borrow_mut().push(rc),
-                    Event::Disconnected(_) => seen.disconnects.set(seen.disconnects.get() + 1),
+                    Event::Disconnected(_) if seen.connected.replace(false) => {
+                        seen.disconnects.set(seen.disconnects.get() + 1)
+                    }
+                    Event::Disconnected(_) => {
+                        seen.failed_attempts.set(seen.failed_attempts.get() + 1)
+                    }
                     Event::Published(_) => seen.acked.set(seen.acked.get() + 1),
                     Event::Message { payload, .. } => {
                         let n = std::str::from_utf8(&payload).unwrap().parse().unwrap();
