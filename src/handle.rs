@@ -58,9 +58,10 @@ impl Shared {
     /// Makes the loop look at `has_posts` soon. From the loop's own thread nothing is needed:
     /// the loop is not blocked in its driver (this code runs on that thread), and it looks at
     /// `has_posts` before it next waits (a closure posted by a callback or a fiber runs in the
-    /// next iteration without a wake-up). From any other thread, the waker's eventfd; no
-    /// wake-up is lost because `has_posts` is stored (under the queue's lock) before it, and
-    /// the loop reads it after its wait returns.
+    /// next iteration without a wake-up). From any other thread, the waker (which writes its
+    /// eventfd only when the loop sleeps in the kernel); no wake-up is lost because `has_posts`
+    /// is stored (under the queue's lock) before it, and the loop reads it after its wait
+    /// returns.
     fn notify(&self) {
         if self.thread != thread::current().id() {
             self.waker.wake();

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +93,38 @@ backend_tests! {
         assert_eq!(seen.load(Ordering::Relaxed), ROUNDS as usize);
     }
 
+    // With nothing in flight the loop sleeps on its waker's futex, not in the kernel's I/O
+    // wait: a closure posted then starts a read, during which the loop sleeps in the kernel
+    // wait, and the data written later must end it; then the loop sleeps on the futex again
+    // until a stop from the other thread.
+    fn a_loop_with_nothing_in_flight_takes_up_io_posted_to_it(lp: &Loop) {
+        let (r, w) = common::pipe();
+        let handle = lp.handle();
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let g = got.clone();
+        let other = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20)); // the loop is asleep by now
+            handle
+                .post(move |lp| {
+                    let fd = r.as_raw_fd();
+                    lp.read(fd, vec![0; 16], move |lp, res, buf| {
+                        assert_eq!(res.unwrap(), 4);
+                        g.lock().unwrap().extend_from_slice(&buf);
+                        lp.detach(fd).unwrap();
+                        drop(r);
+                    });
+                })
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(write_all_now(&w, b"ping"), 4);
+            std::thread::sleep(Duration::from_millis(20));
+            handle.stop().unwrap();
+        });
+        lp.run_for(SAFETY_NET).unwrap();
+        other.join().unwrap();
+        assert_eq!(&got.lock().unwrap()[..], b"ping");
+    }
+
     fn posts_from_the_loop_thread_run_without_a_wake_up(lp: &Loop) {
         // From a callback that runs after the wait (a timer), from a posted closure, and from
         // a fiber: `run` must not block with these pending, nor return before they ran.
@@ -134,4 +167,10 @@ backend_tests! {
         lp.run().unwrap();
         assert_eq!(count.load(Ordering::Relaxed), 1);
     }
+}
+
+/// Writes `data` to `fd` with `write(2)`.
+fn write_all_now(fd: &OwnedFd, data: &[u8]) -> isize {
+    // SAFETY: (FFI) the pointer and length describe `data`, alive for the call; `fd` is open.
+    unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) }
 }

@@ -8,6 +8,8 @@
 //!
 //! * One epoll set (`EPOLL_CLOEXEC`). The [`Waker`]'s eventfd sits in it (level-triggered)
 //!   under a reserved token; the pool's finished jobs wake the loop through the same eventfd.
+//!   A blocking `epoll_wait` is bracketed by `WakeFd::sleep` / `WakeFd::awake`, so that wakers
+//!   write only while the driver sleeps.
 //! * A **per-fd table** (indexed by fd): the fd's class (`fstat` + `fcntl`, computed on first
 //!   use and cached), the operations waiting for it with the poll bits each one needs, what is
 //!   registered in epoll, and the readiness last seen. See `epoll/fds.rs` for the registration
@@ -372,12 +374,36 @@ impl Epoll {
                 // A timeout too large for an `Instant` is as good as none.
                 deadline.map(|d| d.saturating_duration_since(Instant::now()))
             };
-            let n = match syscalls::epoll_wait(
+            let blocks = wait_for.is_none_or(|d| !d.is_zero());
+            if blocks && self.ops.is_empty() && self.ready.is_empty() && !self.rebuild {
+                // No operation waits on anything: only a wake-up (or the timeout) can end this
+                // wait, and a futex serves that for less (see `WakeFd::futex_sleep`). Readiness
+                // that arrives meanwhile on persistent registrations stays queued in the epoll
+                // set for the next `epoll_wait`.
+                self.wake.futex_sleep(wait_for);
+                self.collect_pool();
+                self.deliver(out);
+                return Ok(());
+            }
+            // A wake-up that came while running (a pool job that finished since
+            // `collect_pool`, a post): do not block (see `WakeFd::sleep`).
+            let notified = blocks && !self.wake.sleep();
+            let sleeping = blocks && !notified;
+            let wait_for = if notified {
+                Some(Duration::ZERO)
+            } else {
+                wait_for
+            };
+            let waited = syscalls::epoll_wait(
                 self.epfd.as_raw_fd(),
                 &mut self.events,
                 wait_for,
                 &mut self.pwait2,
-            ) {
+            );
+            if sleeping {
+                self.wake.awake();
+            }
+            let n = match waited {
                 Ok(n) => n,
                 Err(e) => {
                     self.collect_pool();
@@ -389,7 +415,7 @@ impl Epoll {
                     };
                 }
             };
-            let mut woken = false;
+            let mut woken = notified;
             for i in 0..n {
                 let ev = self.events[i];
                 let (token, revents) = (ev.u64, ev.events);

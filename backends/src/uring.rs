@@ -72,8 +72,9 @@
 //!   `POLLPRI` notifications need none of this. Such a `Poll` looks up the fd's kind too.
 //! * **Waker.** An eventfd watched by a multishot `POLL_ADD` (re-armed when a CQE lacks
 //!   `F_MORE`). Its CQEs end a wait but never appear among the completions. The multishot poll
-//!   reports every `write`, so the counter is not read back (see `WakeFd::rearm`); it is drained
-//!   before the poll is re-armed.
+//!   reports every `write`, so the counter is not read back; it is drained before the poll is
+//!   re-armed. Blocking enters are bracketed by `WakeFd::sleep` / `WakeFd::awake`, so that
+//!   wakers write only while the driver sleeps.
 //! * **Signals.** A signal ends a blocked wait with EINTR, which `wait` reports as a normal
 //!   return. When the same `io_uring_enter` also submitted SQEs, the kernel reports the
 //!   submission count instead of EINTR and the driver cannot tell; it then waits on. Signal
@@ -426,6 +427,25 @@ impl Uring {
                     }
                 }
             };
+            // Nothing in the kernel and nothing to submit: only a wake-up (or the timeout) can
+            // end this wait, and a futex serves that for less than the ring's wait and the
+            // eventfd's poll, on both sides (see `WakeFd::futex_sleep`).
+            if min_complete > 0
+                && self.in_kernel == 0
+                && self.cancels.is_empty()
+                && self.ring.submission().is_empty()
+                && self.ring.completion().is_empty()
+            {
+                self.wake.futex_sleep(block_for);
+                return Ok(());
+            }
+            // A wake-up that came while running: do not block (see `WakeFd::sleep`).
+            let (min_complete, block_for) = if min_complete > 0 && !self.wake.sleep() {
+                woken = true;
+                (0, None)
+            } else {
+                (min_complete, block_for)
+            };
             let mut stop = min_complete == 0;
             // Not when the wait must end sooner than the batch wait (a timer): the kernel would
             // sleep for the whole minimum.
@@ -434,11 +454,24 @@ impl Uring {
                 && self.batch_wait_us > 0
                 && !self.ring.submission().is_empty()
                 && block_for.is_none_or(|d| d.as_micros() > u128::from(self.batch_wait_us));
-            let r = if batch {
+            // A wait that must not block, with nothing to submit and no operation in the
+            // kernel, could only reap the waker's CQEs (already in the CQ, or posted at the next
+            // enter): no syscall. A loop busy with posted closures between two sleeps then costs
+            // no enter per iteration.
+            let idle = min_complete == 0
+                && self.in_kernel == 0
+                && self.cancels.is_empty()
+                && self.ring.submission().is_empty();
+            let r = if idle {
+                Ok(0)
+            } else if batch {
                 self.enter_batch(block_for)
             } else {
                 self.enter(min_complete, block_for, submit)
             };
+            if min_complete > 0 {
+                self.wake.awake();
+            }
             if let Err(e) = r {
                 match e.raw_os_error() {
                     // A batch wait's minimum time ended with nothing to show: wait on normally
@@ -870,9 +903,7 @@ impl Uring {
     fn on_cqe(&mut self, ud: u64, res: i32, flags: u32, out: &mut Vec<Completion>) -> bool {
         let more = cqueue::more(flags);
         if ud == WAKER_UD {
-            if more {
-                self.wake.rearm();
-            } else {
+            if !more {
                 self.wake.drain();
                 self.waker_armed = false;
                 if res == -libc::EINVAL && self.features.multishot_poll {

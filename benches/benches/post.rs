@@ -3,7 +3,10 @@
 //! One iteration is a round trip: thread A sends to thread B, B answers, A receives.
 //!
 //! * `fdloop`: `LoopHandle::post` of a closure to loop B, which posts a closure back to loop
-//!   A (each post wakes the other loop through its eventfd).
+//!   A. Neither loop has I/O in flight, so each sleeps on its waker's futex; both run until
+//!   stopped (`run_for(Duration::MAX)`), so their waits carry no deadline, as tokio's do.
+//! * `fdloop-deadline`: the same with `run_for(1 h)`: every blocking wait arms a kernel timer
+//!   for the deadline.
 //! * `tokio-mpsc`: two `current_thread` runtimes without drivers (they park on a futex); a
 //!   task on B echoes what it receives on one `tokio::sync::mpsc` channel into another.
 //! * `tokio-mpsc-io`: the same with `enable_all()` (I/O and time drivers, as a server has):
@@ -42,32 +45,36 @@ fn fdloop_post(c: &mut Criterion) {
     let mut g = c.benchmark_group("post-ping-pong");
     g.throughput(Throughput::Elements(1));
     let _ = pin_thread(CPU);
+    fdloop_pair(&mut g, "fdloop", Duration::MAX);
+    fdloop_pair(&mut g, "fdloop-deadline", Duration::from_secs(3600));
+    for (name, io) in [("tokio-mpsc", false), ("tokio-mpsc-io", true)] {
+        tokio_pair(&mut g, name, io);
+    }
+    g.finish();
+}
 
+/// Two loops on two threads (both on `CPU`), each running for at most `run_for` per sample.
+fn fdloop_pair(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, run_for: Duration) {
     let (tx, rx) = std_mpsc::channel();
     let thread_b = std::thread::spawn(move || {
         let _ = pin_thread(CPU);
         let lp = Loop::new().expect("loop B");
         tx.send(lp.handle()).expect("handle");
-        lp.run_for(Duration::from_secs(24 * 3600)).expect("run B");
+        lp.run_for(run_for).expect("run B");
     });
     let hb = rx.recv().expect("handle B");
     let lp_a = Loop::new().expect("loop A");
     let ha = lp_a.handle();
-    g.bench_function("fdloop", |bch| {
+    g.bench_function(name, |bch| {
         bch.iter_custom(|iters| {
             let t = Instant::now();
             ping(ha.clone(), hb.clone(), iters.max(1));
-            lp_a.run_for(Duration::from_secs(3600)).expect("run A");
+            lp_a.run_for(run_for).expect("run A");
             t.elapsed()
         })
     });
     hb.stop().expect("stop B");
     thread_b.join().expect("thread B");
-
-    for (name, io) in [("tokio-mpsc", false), ("tokio-mpsc-io", true)] {
-        tokio_pair(&mut g, name, io);
-    }
-    g.finish();
 }
 
 fn runtime(io: bool) -> tokio::runtime::Runtime {
