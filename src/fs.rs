@@ -171,11 +171,26 @@ unsafe fn read_cached(fd: RawFd, iov: *const libc::iovec, cnt: usize, offset: u6
     };
     // At most IOV_MAX (1024) slices; reading fewer is a short read, which is allowed.
     let cnt = cnt.min(1024) as libc::c_int;
+    // The raw system call rather than glibc's `preadv2`, which wraps it in a thread-cancellation
+    // point (two extra calls around the syscall, ≈ 2 % of a warm 4 KiB read); fdloop's threads
+    // are never cancelled. The offset goes as the (low, high) pair of the syscall ABI: the kernel
+    // joins them on 32-bit targets and ignores the high word on 64-bit ones.
+    let (lo, hi) = (off as libc::c_long, ((off as u64) >> 32) as libc::c_long);
     // SAFETY: (I5, FFI) the caller guarantees that `iov` points to `cnt` `iovec`s whose buffers are
     // writable and alive across the call; `fd` is open for the call (the caller holds the `File`).
     // RWF_NOWAIT keeps the loop thread from blocking: it is the non-blocking attempt io_uring makes
     // inline on the submitting thread before it hands a read to a worker.
-    let r = unsafe { libc::preadv2(fd, iov, cnt, off, libc::RWF_NOWAIT) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_preadv2,
+            libc::c_long::from(fd),
+            iov,
+            libc::c_long::from(cnt),
+            lo,
+            hi,
+            libc::c_long::from(libc::RWF_NOWAIT),
+        )
+    };
     if r >= 0 {
         return Cached::Read(r as usize);
     }
