@@ -375,14 +375,15 @@ impl Epoll {
                 deadline.map(|d| d.saturating_duration_since(Instant::now()))
             };
             let blocks = wait_for.is_none_or(|d| !d.is_zero());
-            if blocks && self.ops.is_empty() && self.ready.is_empty() && !self.rebuild {
+            if self.ops.is_empty() && self.ready.is_empty() && !self.rebuild {
                 // No operation waits on anything: only a wake-up (or the timeout) can end this
-                // wait, and a futex serves that for less (see `WakeFd::futex_sleep`). Readiness
-                // that arrives meanwhile on persistent registrations stays queued in the epoll
-                // set for the next `epoll_wait`.
-                self.wake.futex_sleep(wait_for);
-                self.collect_pool();
-                self.deliver(out);
+                // wait, and a futex serves that for less (see `WakeFd::futex_sleep`); a wait
+                // that must not block has nothing to ask the kernel. Readiness that arrives
+                // meanwhile on persistent registrations stays queued in the epoll set for the
+                // next `epoll_wait` (the waker's eventfd too, drained then).
+                if blocks {
+                    self.wake.futex_sleep(wait_for);
+                }
                 return Ok(());
             }
             // A wake-up that came while running (a pool job that finished since
