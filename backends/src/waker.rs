@@ -86,10 +86,10 @@ impl WakeFd {
 
     /// Blocks the driver, which has nothing in the kernel, until a wake-up (or a signal, or
     /// `timeout`), without entering its kernel wait. Returns at once when a wake-up has come
-    /// since the last sleep. Returns whether a wake-up ended (or prevented) the sleep.
-    pub(crate) fn futex_sleep(&self, timeout: Option<Duration>) -> bool {
+    /// since the last sleep. The caller looks at the shared state afterwards, as after any wait.
+    pub(crate) fn futex_sleep(&self, timeout: Option<Duration>) {
         if !self.enter_sleep(SLEEPING_ON_FUTEX) {
-            return true;
+            return;
         }
         let ts = timeout.map(|d| libc::timespec {
             tv_sec: d.as_secs().min(i64::MAX as u64 / 2) as libc::time_t,
@@ -111,7 +111,7 @@ impl WakeFd {
                 ts_ptr,
             )
         };
-        self.state.swap(RUNNING, Ordering::SeqCst) == NOTIFIED
+        self.state.store(RUNNING, Ordering::SeqCst);
     }
 
     /// Called by the driver when it is back from a blocking wait entered after a successful
