@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,7 +116,7 @@ backend_tests! {
                 })
                 .unwrap();
             std::thread::sleep(Duration::from_millis(20));
-            assert_eq!(write_all_now(&w, b"ping"), 4);
+            common::write_fd(&w, b"ping");
             std::thread::sleep(Duration::from_millis(20));
             handle.stop().unwrap();
         });
@@ -167,10 +167,4 @@ backend_tests! {
         lp.run().unwrap();
         assert_eq!(count.load(Ordering::Relaxed), 1);
     }
-}
-
-/// Writes `data` to `fd` with `write(2)`.
-fn write_all_now(fd: &OwnedFd, data: &[u8]) -> isize {
-    // SAFETY: (FFI) the pointer and length describe `data`, alive for the call; `fd` is open.
-    unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) }
 }

@@ -430,12 +430,7 @@ impl Uring {
             // Nothing in the kernel and nothing to submit: only a wake-up (or the timeout) can
             // end this wait, and a futex serves that for less than the ring's wait and the
             // eventfd's poll, on both sides (see `WakeFd::futex_sleep`).
-            if min_complete > 0
-                && self.in_kernel == 0
-                && self.cancels.is_empty()
-                && self.ring.submission().is_empty()
-                && self.ring.completion().is_empty()
-            {
+            if min_complete > 0 && self.nothing_in_kernel() && self.ring.completion().is_empty() {
                 self.wake.futex_sleep(block_for);
                 return Ok(());
             }
@@ -458,11 +453,7 @@ impl Uring {
             // kernel, could only reap the waker's CQEs (already in the CQ, or posted at the next
             // enter): no syscall. A loop busy with posted closures between two sleeps then costs
             // no enter per iteration.
-            let idle = min_complete == 0
-                && self.in_kernel == 0
-                && self.cancels.is_empty()
-                && self.ring.submission().is_empty();
-            let r = if idle {
+            let r = if min_complete == 0 && self.nothing_in_kernel() {
                 Ok(0)
             } else if batch {
                 self.enter_batch(block_for)
@@ -498,6 +489,12 @@ impl Uring {
             }
             // Only internal steps completed (a retry armed, a multishot re-armed): wait on.
         }
+    }
+
+    /// No operation in the kernel or in the SQ, and no cancel waiting to be submitted: only the
+    /// waker's poll is armed.
+    fn nothing_in_kernel(&mut self) -> bool {
+        self.in_kernel == 0 && self.cancels.is_empty() && self.ring.submission().is_empty()
     }
 
     /// A handle that wakes this driver's `wait` from any thread.
