@@ -228,15 +228,8 @@ fn every(ms: u64) -> ExternalOptions {
 }
 
 /// Runs the loop in short slices until `cond` holds (at most 10 s).
-fn run_until(lp: &Loop, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "condition not reached within 10 s"
-        );
-        lp.run_for(Duration::from_millis(5)).unwrap();
-    }
+fn run_until(lp: &Loop, cond: impl FnMut() -> bool) {
+    common::run_until_within(lp, Duration::from_secs(10), "condition", cond);
 }
 
 /// Reads what is available on a non-blocking stream.

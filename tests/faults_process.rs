@@ -144,12 +144,8 @@ fn raise_fd_limit() {
 }
 
 /// Runs `lp` in short slices until `done()`; fails after [`LIMIT`] with `what`.
-fn run_until(lp: &Loop, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < LIMIT, "{}: stuck: {what}", lp.backend());
-        lp.run_for(Duration::from_millis(5)).unwrap();
-    }
+fn run_until(lp: &Loop, what: &str, done: impl FnMut() -> bool) {
+    common::run_until_within(lp, LIMIT, what, done);
 }
 
 /// Sends `sig` to this process (not to one thread).

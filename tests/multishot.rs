@@ -51,14 +51,8 @@ fn errno(r: &Result<(), io::Error>) -> Option<i32> {
 }
 
 /// Runs the loop until `done`, bounded (a hang fails the test instead of blocking it).
-fn run_until(lp: &Loop, mut done: impl FnMut() -> bool) {
-    for _ in 0..2000 {
-        if done() {
-            return;
-        }
-        lp.run_for(Duration::from_millis(5)).unwrap();
-    }
-    assert!(done(), "condition not reached");
+fn run_until(lp: &Loop, done: impl FnMut() -> bool) {
+    common::run_until_within(lp, Duration::from_secs(10), "condition", done);
 }
 
 backend_tests! {

@@ -14,14 +14,8 @@ use std::time::Duration;
 use common::fd_count;
 use fdloop::{BackendChoice, Loop};
 
-fn run_until(lp: &Loop, mut done: impl FnMut() -> bool) {
-    for _ in 0..2000 {
-        if done() {
-            return;
-        }
-        lp.run_for(Duration::from_millis(5)).unwrap();
-    }
-    assert!(done(), "condition not reached");
+fn run_until(lp: &Loop, done: impl FnMut() -> bool) {
+    common::run_until_within(lp, Duration::from_secs(10), "condition", done);
 }
 
 /// Accepted connections are handed out once each and closed by their owner; a cancelled

@@ -4,6 +4,7 @@
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use fdloop::{BackendChoice, Loop};
 
@@ -138,4 +139,18 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// Runs `lp` in 5 ms slices until `done()` holds; fails, naming `what`, once `limit` has passed
+/// (a hang fails the test instead of blocking it).
+pub fn run_until_within(lp: &Loop, limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "{}: not reached within {limit:?}: {what}",
+            lp.backend()
+        );
+        lp.run_for(Duration::from_millis(5)).unwrap();
+    }
 }

@@ -92,20 +92,7 @@ fn pipe_read_waits_then_completes() {
 #[test]
 fn recv_and_send_on_a_socketpair() {
     let mut d = driver();
-    let mut sv = [0; 2];
-    // SAFETY: (FFI) `sv` has room for the two fds socketpair writes. Blocking sockets: the driver
-    // adds MSG_DONTWAIT.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0);
-    // SAFETY: (FFI) both fds were just returned by socketpair and are owned by nobody else.
-    let (a, b) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+    let (a, b) = socketpair();
     let mut buf = [0u8; 8];
     let msg = b"ping";
     // SAFETY: (I2, I3) the buffers and sockets outlive both operations (they complete below).
