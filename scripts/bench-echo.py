@@ -253,7 +253,8 @@ def summarize(records, servers, workloads):
     machine's conditions) and the median, min and max are over the rounds."""
     fdloops = [s for s in servers if s.startswith("fdloop")]
     peers = [s for s in servers if not s.startswith("fdloop")]
-    summary = {"cells": {}, "ratios": {}, "vs_best_peer": {}, "targets": [],
+    summary = {"cells": {}, "ratios": {}, "vs_best_peer": {}, "peer_vs_best_other": {},
+               "targets": [],
                "errors": [{k: r.get(k) for k in ("workload", "server", "round", "error")}
                           for r in records if "error" in r]}
     for w in workloads:
@@ -299,6 +300,18 @@ def summarize(records, servers, workloads):
                 if st:
                     st["best_peers"] = sorted(set(bests))
                     summary["vs_best_peer"][f"{w}|{f}|{key}"] = st
+        # Each peer ÷ the best of the other peers of the same round: how far below the best a
+        # server lands on this machine when it is no slower, the noise floor of the 0.95 × rule.
+        rts = {p: _by_round(records, w, p, CELL_MEASURES["rt_per_s"]) for p in peers}
+        for p in peers:
+            ratios = []
+            for rnd, v in sorted(rts[p].items()):
+                others = [o[rnd] for q, o in rts.items() if q != p and o.get(rnd)]
+                if others:
+                    ratios.append(v / max(others))
+            st = _range(ratios)
+            if st:
+                summary["peer_vs_best_other"][f"{w}|{p}"] = st
     for desc, w, kind, f, peer, limit in TARGETS:
         if w not in workloads:
             continue
@@ -397,6 +410,12 @@ def markdown(summary, servers, workloads, meta):
                     row.append(rng(best) + (f" [{'/'.join(best['best_peers'])}]" if best else ""))
                     out.append(f"| {f} | " + " | ".join(row) + " |")
                 out.append("")
+                if key == "rt_per_s" and len(peers) > 1:
+                    floor = [f"{p} {rng(summary['peer_vs_best_other'].get(f'{w}|{p}'))}" for p in peers
+                             if summary["peer_vs_best_other"].get(f"{w}|{p}")]
+                    out.append(f"The same rule applied to the peers, {w}: each peer ÷ the best of the "
+                               "other peers of the same round, the 0.95 × rule applied to the peers "
+                               "themselves: " + "; ".join(floor) + ".\n")
     out.append("### Targets\n")
     out.append("| target | fdloop server | measured, median (min–max) | limit | met |")
     out.append("|---|---|---|---|---|")
