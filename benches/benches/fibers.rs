@@ -14,8 +14,10 @@
 //!
 //! Times are measured inside the fiber (or coroutine), so starting the loop is not counted.
 
+mod common;
+
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{criterion_main, Criterion, Throughput};
 use fdloop::{fiber, BackendChoice, Loop};
@@ -111,10 +113,7 @@ mod group {
 
     criterion_group! {
         name = benches;
-        config = Criterion::default()
-            .sample_size(20)
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(3));
+        config = common::config(20);
         targets = yields, spawn_join
     }
 }

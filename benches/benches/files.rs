@@ -17,6 +17,8 @@
 //! * `direct/fdloop-uring-32-fibers`: 32 fibers, `read_at` into a 4 KiB-aligned buffer on
 //!   their stacks.
 
+mod common;
+
 use std::io::{Read, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -295,10 +297,7 @@ mod group {
 
     criterion_group! {
         name = benches;
-        config = Criterion::default()
-            .sample_size(10)
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(3));
+        config = common::config(10);
         targets = warm, direct
     }
 }

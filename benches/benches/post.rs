@@ -15,6 +15,8 @@
 //! Pinning both threads to CPU 0 makes every hand-over a context switch on one CPU, which is
 //! what the comparison is about (and keeps the result independent of the second CPU's load).
 
+mod common;
+
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -123,10 +125,7 @@ mod group {
 
     criterion_group! {
         name = benches;
-        config = Criterion::default()
-            .sample_size(20)
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(3));
+        config = common::config(20);
         targets = fdloop_post
     }
 }

@@ -30,6 +30,8 @@
 //! * `tokio/sleep+drop`: a new boxed `Sleep`, polled once; the replaced one is dropped.
 //! * `tokio/reset`: `Sleep::reset` of a random registered `Sleep`, polled again.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
@@ -257,10 +259,7 @@ mod group {
 
     criterion_group! {
         name = benches;
-        config = Criterion::default()
-            .sample_size(20)
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(3));
+        config = common::config(20);
         targets = batch, churn
     }
 }
