@@ -48,6 +48,8 @@ pub mod epoll;
 mod fdclass;
 mod slab;
 mod sys;
+#[cfg(test)]
+mod test_fds;
 pub mod uring;
 mod waker;
 

@@ -1,10 +1,11 @@
 //! Focused tests of the epoll driver on real kernel objects. The contract suite shared by both
 //! drivers lives in `backends/tests/`.
 
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::Epoll;
+use crate::test_fds::{pipe, socketpair, write_all};
 use crate::{interest, Completion, Config, Op};
 
 fn driver() -> Epoll {
@@ -31,21 +32,6 @@ fn find(out: &[Completion], user_data: u64) -> Completion {
     *out.iter()
         .find(|c| c.user_data == user_data)
         .unwrap_or_else(|| panic!("no completion for {user_data} in {out:?}"))
-}
-
-fn pipe(flags: i32) -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: (FFI) `fds` has room for the two fds pipe2 writes.
-    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), flags | libc::O_CLOEXEC) };
-    assert_eq!(r, 0);
-    // SAFETY: (FFI) both fds were just returned by pipe2 and are owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
-fn write_all(fd: RawFd, data: &[u8]) {
-    // SAFETY: (FFI) `data` is a live buffer of its length.
-    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-    assert_eq!(n, data.len() as isize);
 }
 
 #[test]
@@ -632,23 +618,6 @@ fn reads_on_one_fd_complete_in_push_order() {
     let out = wait_for(&mut d, 2);
     assert_eq!(out.iter().map(|c| c.user_data).collect::<Vec<_>>(), [1, 2]);
     assert_eq!((&a, &b), (b"12", b"34"));
-}
-
-/// A connected pair of blocking Unix stream sockets (the driver adds `MSG_DONTWAIT`).
-fn socketpair() -> (OwnedFd, OwnedFd) {
-    let mut sv = [0; 2];
-    // SAFETY: (FFI) `sv` has room for the two fds socketpair writes.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0);
-    // SAFETY: (FFI) both fds were just returned by socketpair and are owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) }
 }
 
 fn recv(fd: &OwnedFd, buf: &mut [u8]) -> Op {

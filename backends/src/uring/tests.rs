@@ -3,29 +3,15 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::{is_unavailable, setup, Uring};
+use crate::test_fds::{pipe, socketpair, write_all};
 use crate::{interest, BackendKind, Completion, Config, Op};
 
 fn ring() -> Uring {
     Uring::new(&Config::default()).expect("io_uring is available on the test machine")
-}
-
-fn pipe(flags: i32) -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: (FFI) `fds` is a writable array of two ints for pipe2 to fill.
-    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | flags) };
-    assert_eq!(r, 0);
-    // SAFETY: (FFI) pipe2 just returned both fds and nothing else owns them.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
-fn write_all(fd: RawFd, data: &[u8]) {
-    // SAFETY: (FFI) `data` is a live buffer of `data.len()` bytes for the call; `fd` is open.
-    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-    assert_eq!(n, data.len() as isize);
 }
 
 fn set_nonblocking(fd: RawFd) {
@@ -742,26 +728,17 @@ fn shutdown_ends_everything() {
 #[test]
 fn send_never_raises_sigpipe_and_close_works() {
     let mut u = ring();
-    let mut sv = [0; 2];
-    // SAFETY: (FFI) `sv` is a writable array of two ints for socketpair to fill.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0);
-    // SAFETY: (FFI) `sv[1]` is an fd that socketpair just returned and nothing else owns.
-    drop(unsafe { OwnedFd::from_raw_fd(sv[1]) });
+    let (a, b) = socketpair();
+    drop(b);
+    // Owned by no one from here: the Close below closes it.
+    let fd = a.into_raw_fd();
     let msg = b"x";
-    // SAFETY: (I2, I3) `msg` is static; `sv[0]` is owned by no one and is closed only by the Close
+    // SAFETY: (I2, I3) `msg` is static; `fd` is owned by no one and is closed only by the Close
     // pushed after the send's final completion.
     unsafe {
         u.push(
             Op::Send {
-                fd: sv[0],
+                fd,
                 buf: msg.as_ptr(),
                 len: 1,
                 flags: 0,
@@ -771,9 +748,9 @@ fn send_never_raises_sigpipe_and_close_works() {
     }
     let out = wait_finals(&mut u, 1);
     assert_eq!(out[0].result, -libc::EPIPE);
-    // SAFETY: (I3) the send on `sv[0]` has had its final completion, so no operation is in flight
+    // SAFETY: (I3) the send on `fd` has had its final completion, so no operation is in flight
     // on it; the Close takes it over and nothing else owns it.
-    unsafe { u.push(Op::Close { fd: sv[0] }, 2) };
+    unsafe { u.push(Op::Close { fd }, 2) };
     assert_eq!(wait_finals(&mut u, 1)[0].result, 0);
 }
 
