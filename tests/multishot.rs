@@ -7,7 +7,7 @@ mod common;
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::time::Duration;
@@ -194,19 +194,8 @@ backend_tests! {
         let pool = lp.buffer_pool(4, 64).unwrap();
         let seen = Rc::new(RefCell::new(Seen::default()));
         lp.recv_multishot(&server, &pool, recorder(&seen)).unwrap();
-        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-        // SAFETY: (FFI) `linger` is a valid linger struct of the size passed, read during the call,
-        // and `client` is an open socket; close then sends RST.
-        let r = unsafe {
-            libc::setsockopt(
-                client.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as u32,
-            )
-        };
-        assert_eq!(r, 0);
+        // Closing `client` then sends RST.
+        common::set_linger_zero(&client);
         (&client).write_all(b"last words").unwrap();
         run_until(lp, || seen.borrow().data.len() == 10);
         drop(client);

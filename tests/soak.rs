@@ -31,6 +31,8 @@
 //! every connection's waiting read fits in the kernel at once (see "Limits" in
 //! docs/reliability.md).
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -630,7 +632,7 @@ fn next(lp: &Loop, ctx: &Rc<Ctx>, client: Rc<Client>) {
             ctx.shared.client_closes.fetch_add(1, Ordering::Relaxed);
             if ctx.rand() % 2 == 0 {
                 ctx.shared.resets.fetch_add(1, Ordering::Relaxed);
-                set_linger_zero(&client.fd);
+                common::set_linger_zero(&client.fd);
             }
             let id = client.id;
             drop(client); // the last reference: the socket closes
@@ -670,22 +672,4 @@ fn ended(
     let id = client.id;
     drop(client);
     connect(lp, ctx, id);
-}
-
-fn set_linger_zero(fd: &OwnedFd) {
-    use std::os::fd::AsRawFd;
-    let value = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: (FFI) `value` is a live linger and the length says so.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&value as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
 }

@@ -154,3 +154,27 @@ pub fn run_until_within(lp: &Loop, limit: Duration, what: &str, mut done: impl F
         lp.run_for(Duration::from_millis(5)).unwrap();
     }
 }
+
+/// Sets `SO_LINGER` to zero on socket `fd`: closing it then sends RST instead of FIN.
+pub fn set_linger_zero(fd: &impl std::os::fd::AsRawFd) {
+    let value = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: (FFI) `value` is a live linger struct of the size passed, read during the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&value as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setsockopt(SO_LINGER): {}",
+        io::Error::last_os_error()
+    );
+}
