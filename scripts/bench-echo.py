@@ -413,9 +413,9 @@ def markdown(summary, servers, workloads, meta):
                 if key == "rt_per_s" and len(peers) > 1:
                     floor = [f"{p} {rng(summary['peer_vs_best_other'].get(f'{w}|{p}'))}" for p in peers
                              if summary["peer_vs_best_other"].get(f"{w}|{p}")]
-                    out.append(f"The same rule applied to the peers, {w}: each peer ÷ the best of the "
-                               "other peers of the same round, the 0.95 × rule applied to the peers "
-                               "themselves: " + "; ".join(floor) + ".\n")
+                    out.append(f"The 0.95 × rule applied to the peers themselves, {w} (each peer ÷ "
+                               "the best of the other peers of the same round): "
+                               + "; ".join(floor) + ".\n")
     out.append("### Targets\n")
     out.append("| target | fdloop server | measured, median (min–max) | limit | met |")
     out.append("|---|---|---|---|---|")
