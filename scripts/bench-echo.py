@@ -59,6 +59,11 @@ SERVERS = {
     "fdloop-cb-uring-bw50": [
         "echo_fdloop", "--style", "callback", "--backend", "uring", "--batch-wait-us", "50",
     ],
+    # The callback server with a single receive per request (Loop::recv, submitted again after
+    # each response) instead of one multishot receive per connection.
+    "fdloop-cb-uring-single": [
+        "echo_fdloop", "--style", "callback", "--backend", "uring", "--recv", "single",
+    ],
     "fdloop-cb-epoll": ["echo_fdloop", "--style", "callback", "--backend", "epoll"],
     "fdloop-fiber-epoll": ["echo_fdloop", "--style", "fiber", "--backend", "epoll"],
     "tokio": ["echo_tokio"],
@@ -86,6 +91,10 @@ TARGETS = [
     ("syscalls/rt, io_uring, 64×64 B", "64x64", "syscalls", "fdloop-fiber-uring", None, 0.05),
     ("syscalls/rt, io_uring, 1×64 B", "1x64", "syscalls", "fdloop-cb-uring", None, 1.0),
     ("syscalls/rt, io_uring, 1×64 B", "1x64", "syscalls", "fdloop-fiber-uring", None, 1.0),
+    ("syscalls/rt, io_uring, single receives, 64×64 B", "64x64", "syscalls",
+     "fdloop-cb-uring-single", None, 0.05),
+    ("syscalls/rt, io_uring, single receives, 1×64 B", "1x64", "syscalls",
+     "fdloop-cb-uring-single", None, 1.0),
     ("syscalls/rt, io_uring + batch wait, 64×64 B", "64x64", "syscalls", "fdloop-cb-uring-bw50",
      None, 0.05),
     ("syscalls/rt, io_uring + batch wait, 1×64 B", "1x64", "syscalls", "fdloop-cb-uring-bw50",

@@ -432,6 +432,7 @@ def echo_ratio_chart(path, summary):
 
 SHORT = {"fdloop-cb-uring": "callback, io_uring", "fdloop-fiber-uring": "fiber, io_uring",
          "fdloop-cb-uring-bw50": "callback, io_uring, batch wait 50 µs",
+         "fdloop-cb-uring-single": "callback, io_uring, single receives",
          "fdloop-cb-epoll": "callback, epoll", "fdloop-fiber-epoll": "fiber, epoll"}
 
 

@@ -21,43 +21,102 @@ pub const POOL_BUFFERS: usize = 1024;
 /// 1 KiB messages).
 pub const POOL_BUFFER_SIZE: usize = 4096;
 
-/// Accepts connections on `listener` with one `Loop::accept_multishot`, and echoes each with a
-/// `Loop::recv_multishot` into a pool of `buf_size`-byte buffers shared by all connections
-/// (at most 64 KiB each) and `Loop::send`. `accepted` counts the connections.
+/// How a callback server receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Receive {
+    /// One `Loop::recv_multishot` per connection, into a pool of buffers shared by all
+    /// connections: one submission per connection, and the kernel receives as soon as data
+    /// lands.
+    Multishot,
+    /// One `Loop::recv` per request into the connection's own buffer, submitted again once the
+    /// response is sent: a submission per round trip, and the receive runs when the loop gets
+    /// to it.
+    Single,
+}
+
+/// What [`accept_with`] hands each connection to receive with.
+#[derive(Clone)]
+enum Rx {
+    Pool(BufPool),
+    /// The size of each connection's own buffer.
+    Own(usize),
+}
+
+/// Accepts connections on `listener` with one `Loop::accept_multishot`, and echoes each with
+/// `Loop::send` after receiving as `receive` says: into a pool of `buf_size`-byte buffers
+/// shared by all connections (at most [`POOL_BUFFER_SIZE`] each), or into a buffer of that
+/// size per connection. `accepted` counts the connections.
 pub fn accept_callbacks(
     lp: &Loop,
     listener: Rc<TcpListener>,
     buf_size: usize,
+    receive: Receive,
     accepted: Rc<Cell<usize>>,
 ) {
-    let pool = match lp.buffer_pool(POOL_BUFFERS, buf_size.min(POOL_BUFFER_SIZE)) {
-        Ok(pool) => pool,
-        Err(e) => {
-            eprintln!("buffer pool: {e}");
-            std::process::exit(1);
-        }
+    let size = buf_size.min(POOL_BUFFER_SIZE);
+    let rx = match receive {
+        Receive::Single => Rx::Own(size),
+        Receive::Multishot => match lp.buffer_pool(POOL_BUFFERS, size) {
+            Ok(pool) => Rx::Pool(pool),
+            Err(e) => {
+                eprintln!("buffer pool: {e}");
+                std::process::exit(1);
+            }
+        },
     };
-    accept_with(lp, listener, pool, accepted);
+    accept_with(lp, listener, rx, accepted);
 }
 
-fn accept_with(lp: &Loop, listener: Rc<TcpListener>, pool: BufPool, accepted: Rc<Cell<usize>>) {
+fn accept_with(lp: &Loop, listener: Rc<TcpListener>, rx: Rx, accepted: Rc<Cell<usize>>) {
     let l2 = listener.clone();
     lp.accept_multishot(&*listener, move |lp, res| match res {
         Ok(fd) => {
             set_nodelay(fd.as_raw_fd());
             accepted.set(accepted.get() + 1);
-            serve(lp, fd, &pool);
+            match &rx {
+                Rx::Pool(pool) => serve(lp, fd, pool),
+                Rx::Own(size) => receive_one(lp, fd, vec![0; *size]),
+            }
         }
         Err(e) => {
             // The last call: out of fds (EMFILE) and the like. Back off, then accept again.
             eprintln!("accept: {e}");
-            let mut again = Some((l2.clone(), pool.clone(), accepted.clone()));
+            let mut again = Some((l2.clone(), rx.clone(), accepted.clone()));
             lp.start_timer(Timer::after(Duration::from_millis(10)), move |lp, _| {
-                if let Some((l, p, a)) = again.take() {
-                    accept_with(lp, l, p, a);
+                if let Some((l, rx, a)) = again.take() {
+                    accept_with(lp, l, rx, a);
                 }
             });
         }
+    });
+}
+
+/// [`Receive::Single`]: receives one request into `buf` (up to its length), then
+/// [`respond`]s. End of stream or an error drops `fd`, closing it.
+fn receive_one(lp: &Loop, fd: OwnedFd, buf: Vec<u8>) {
+    let raw = fd.as_raw_fd();
+    lp.recv(raw, buf, move |lp, res, buf| {
+        if let Ok(1..) = res {
+            respond(lp, fd, buf);
+        }
+    });
+}
+
+/// Sends `buf` back, then receives the next request into the same buffer, grown back to its
+/// capacity (which zeroes the bytes past the request: at most [`POOL_BUFFER_SIZE`]).
+fn respond(lp: &Loop, fd: OwnedFd, buf: Vec<u8>) {
+    let raw = fd.as_raw_fd();
+    lp.send(raw, buf, move |lp, res, mut buf| match res {
+        Ok(n) if n == buf.len() => {
+            buf.resize(buf.capacity(), 0);
+            receive_one(lp, fd, buf);
+        }
+        Ok(n) if n > 0 => {
+            // A short send: send the rest (rare; only under back-pressure).
+            buf.drain(..n);
+            respond(lp, fd, buf);
+        }
+        _ => {}
     });
 }
 

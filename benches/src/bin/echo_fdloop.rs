@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! echo_fdloop [--addr 127.0.0.1:0] [--style callback|fiber] [--backend uring|epoll]
-//!             [--batch-wait-us N]
+//!             [--batch-wait-us N] [--recv multishot|single]
 //! ```
 //!
 //! `--batch-wait-us`: the io_uring batch wait (`LoopBuilder::batch_wait`; Linux 6.12, ignored
@@ -12,6 +12,9 @@
 //! * `callback`: one multishot accept, one multishot receive per connection into a pool of
 //!   1,024 × 4 KiB buffers shared by all connections (`Loop::accept_multishot` /
 //!   `recv_multishot`), and `Loop::send` from a per-connection `Vec` reused round after round.
+//!   With `--recv single`: one `Loop::recv` per request into the connection's own 4 KiB
+//!   buffer, submitted again once the response is sent (docs/callbacks.md, "Multishot or a
+//!   receive per request?").
 //! * `fiber`: one fiber per connection (`fdloop::net::TcpStream`, `Read` / `Write`), the
 //!   16 KiB buffer on the fiber's stack.
 //!
@@ -21,7 +24,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use fdloop::{BackendKind, Loop};
-use fdloop_bench::fdloop_echo::{accept_callbacks, accept_fibers};
+use fdloop_bench::fdloop_echo::{accept_callbacks, accept_fibers, Receive};
 use fdloop_bench::{backend_arg, ready, Args, ECHO_BUF};
 
 fn main() -> std::io::Result<()> {
@@ -33,6 +36,14 @@ fn main() -> std::io::Result<()> {
     // nothing after their send; a fiber waits for its send before it reads again, so it would
     // lose up to the batch wait per round trip.
     let batch_us: u64 = args.get("batch-wait-us", 0);
+    let receive = match args.get("recv", "multishot".to_string()).as_str() {
+        "multishot" => Receive::Multishot,
+        "single" => Receive::Single,
+        other => {
+            eprintln!("--recv: multishot or single, not {other:?}");
+            std::process::exit(2);
+        }
+    };
     let lp = Loop::builder()
         .backend(backend_arg(&args))
         .batch_wait(Duration::from_micros(batch_us))
@@ -45,7 +56,7 @@ fn main() -> std::io::Result<()> {
             if lp.backend().kind == BackendKind::Epoll {
                 listener.set_nonblocking(true)?;
             }
-            accept_callbacks(&lp, Rc::new(listener), ECHO_BUF, Rc::default());
+            accept_callbacks(&lp, Rc::new(listener), ECHO_BUF, receive, Rc::default());
         }
         "fiber" => {
             let listener = fdloop::net::TcpListener::from_std(listener)?;

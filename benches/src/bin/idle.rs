@@ -8,8 +8,8 @@
 //!
 //! `holdconns` child processes open the connections (plain blocking sockets, never written to
 //! during the window); the loop thread accepts them and parks one read per connection (a fiber in
-//! `read`, or a `Loop::recv`), and starts the timers with deadlines 1000–3600 s away. Then
-//! the window: `Loop::run_for(secs)`. The loop thread's context switches
+//! `read`, or a `Loop::recv_multishot`), and starts the timers with deadlines 1000–3600 s
+//! away. Then the window: `Loop::run_for(secs)`. The loop thread's context switches
 //! (`/proc/thread-self/status`: each blocking wait that sleeps is one voluntary switch) and its
 //! CPU time (`CLOCK_THREAD_CPUTIME_ID`) are read before and after; nothing is counted inside
 //! fdloop. `GO` and `DONE` mark the window on stdout, so that a runner can also count the
@@ -24,7 +24,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use fdloop::{BackendKind, Loop, Timer};
-use fdloop_bench::fdloop_echo::{accept_callbacks, accept_fibers};
+use fdloop_bench::fdloop_echo::{accept_callbacks, accept_fibers, Receive};
 use fdloop_bench::{backend_arg, clients, proc_status, wait_accepted, Args};
 
 fn thread_cpu_ns() -> u64 {
@@ -66,7 +66,13 @@ fn main() -> std::io::Result<()> {
             if lp.backend().kind == BackendKind::Epoll {
                 listener.set_nonblocking(true)?;
             }
-            accept_callbacks(&lp, Rc::new(listener), 1024, accepted.clone());
+            accept_callbacks(
+                &lp,
+                Rc::new(listener),
+                1024,
+                Receive::Multishot,
+                accepted.clone(),
+            );
         }
         "fiber" => {
             let listener = fdloop::net::TcpListener::from_std(listener)?;
