@@ -431,7 +431,12 @@ def markdown(summary, servers, workloads, meta):
     for t in summary["targets"]:
         rel = "≥" if t["kind"] == "rt" else "≤"
         unit = "×" if t["kind"] in ("cpu", "rt") else ""
-        out.append(f"| {t['target']} | {t['server']} | {rng({'median': t['value'], 'min': t['min'], 'max': t['max']}, unit=unit)} | {rel} {t['limit']}{unit} | "
+        # The median with the digits that put it on its side of the limit (2.0204, not 2.02).
+        measured = f"{bl.fmt_against(t['value'], t['limit'])}{unit}"
+        if t["min"] is not None and t["min"] != t["max"]:
+            measured += (f" ({bl.fmt_against(t['min'], t['limit'])}–"
+                         f"{bl.fmt_against(t['max'], t['limit'])})")
+        out.append(f"| {t['target']} | {t['server']} | {measured} | {rel} {t['limit']}{unit} | "
                    f"{'yes' if t['met'] else '**no**'} |")
     out.append("")
     return "\n".join(out)

@@ -245,6 +245,17 @@ def fmt(x, digits=3):
     return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:.2f}"
 
 
+def fmt_against(x, limit, digits=3):
+    """x as `fmt` writes it, with as many more significant digits as it takes not to print the
+    limit itself when x is not the limit (2.0204 against 2.02, 1.0006 against 1)."""
+    s = fmt(x, digits)
+    d = digits
+    while x != limit and float(s.replace(",", "")) == float(limit) and d < 8:
+        d += 1
+        s = f"{x:.{d}g}"
+    return s
+
+
 def write_jsonl(path, record):
     with open(path, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")

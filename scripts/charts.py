@@ -110,6 +110,17 @@ def sig(v, n=3):
     return f"{v:,.{d}f}"
 
 
+def against(fmt, v, limit):
+    """fmt(v), or v with as many significant digits as it takes not to print the limit itself
+    when v is not the limit (2.0204 against 2.02, 0.945× against 0.95×)."""
+    s = fmt(v)
+    n = 3
+    while v != limit and float(s.rstrip("×").replace(",", "")) == float(limit) and n < 8:
+        s = sig(v, n) + ("×" if s.endswith("×") else "")
+        n += 1
+    return s
+
+
 def fmt_count(v):
     """Round trips/s and the like: 2.00M, 47.6k, 950."""
     if v >= 1e6:
@@ -506,7 +517,7 @@ def targets_chart(path, summary):
             svg.add(f'<circle cx="{scale(t["value"]):.1f}" cy="{ym:.1f}" r="5" '
                     f'fill="{MET if t["met"] else TARGET}" stroke="white" stroke-width="1"/>')
             rel = "≥" if kind == "rt" else "≤"
-            svg.text(x1 + 10, ym + 4, f"{fmt(t['value'])}  (limit {rel} {compact(t['limit'])}{'' if kind == 'syscalls' else '×'})",
+            svg.text(x1 + 10, ym + 4, f"{against(fmt, t['value'], t['limit'])}  (limit {rel} {compact(t['limit'])}{'' if kind == 'syscalls' else '×'})",
                      size=11.5, weight="bold" if not t["met"] else None,
                      fill=TARGET if not t["met"] else MET)
         y = top + plot_h + 34
