@@ -347,14 +347,19 @@ def summarize(records, servers, workloads):
     return summary
 
 
-def rng(st, digits=3, scale=1.0, unit=""):
-    """`median (min–max)` of a {median, min, max} entry."""
+def rng(st, digits=3, scale=1.0, unit="", limit=None):
+    """`median (min–max)` of a {median, min, max} entry; against a `limit`, each figure with the
+    digits that put it on its side of the limit (2.0204, not 2.02)."""
     if not st:
         return "–"
+
+    def f(x):
+        x *= scale
+        return bl.fmt(x, digits) if limit is None else bl.fmt_against(x, limit, digits)
+
     if st.get("n", 2) == 1 or st["min"] == st["max"]:
-        return f"{bl.fmt(st['median'] * scale, digits)}{unit}"
-    return (f"{bl.fmt(st['median'] * scale, digits)}{unit} "
-            f"({bl.fmt(st['min'] * scale, digits)}–{bl.fmt(st['max'] * scale, digits)})")
+        return f"{f(st['median'])}{unit}"
+    return f"{f(st['median'])}{unit} ({f(st['min'])}–{f(st['max'])})"
 
 
 def syscall_method_of(summary, w, servers, meta):
@@ -431,11 +436,8 @@ def markdown(summary, servers, workloads, meta):
     for t in summary["targets"]:
         rel = "≥" if t["kind"] == "rt" else "≤"
         unit = "×" if t["kind"] in ("cpu", "rt") else ""
-        # The median with the digits that put it on its side of the limit (2.0204, not 2.02).
-        measured = f"{bl.fmt_against(t['value'], t['limit'])}{unit}"
-        if t["min"] is not None and t["min"] != t["max"]:
-            measured += (f" ({bl.fmt_against(t['min'], t['limit'])}–"
-                         f"{bl.fmt_against(t['max'], t['limit'])})")
+        measured = rng({"median": t["value"], "min": t["min"], "max": t["max"]}, unit=unit,
+                       limit=t["limit"])
         out.append(f"| {t['target']} | {t['server']} | {measured} | {rel} {t['limit']}{unit} | "
                    f"{'yes' if t['met'] else '**no**'} |")
     out.append("")
