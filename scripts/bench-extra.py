@@ -16,17 +16,20 @@ idle: runs the `idle` binary on both backends in both styles. Besides what the b
 switches and CPU time of the loop thread over the window), the process's syscalls over the
 window are counted from outside with perf (or strace). Results: DIR/idle.jsonl (replaced).
 
-memory: runs the `memory` binary on both backends. 100,000 fibers need vm.max_map_count above
-~200,000 (raised with sysctl when running as root, and said so) and 100,000 fds: when the
-hard RLIMIT_NOFILE is lower (raising it needs CAP_SYS_RESOURCE), the run uses as many
-connections as the limit allows and the result says how many. Results: DIR/memory.jsonl
-(replaced).
+memory: runs the `memory` binary on both backends: --conns fibers (100,000 by default) on one
+loop, each parked in a read on its own connection. That needs as many fds: when the hard
+RLIMIT_NOFILE is lower (raising it needs CAP_SYS_RESOURCE), the run makes as many connections
+as the limit allows and parks the other fibers without one (`memory --fibers`), and the result
+says how many of each. Before Linux 6.13 (no guard regions: two mappings per fiber stack),
+100,000 fibers also need vm.max_map_count above ~200,000 (raised with sysctl when running as
+root, and said so). Results: DIR/memory.jsonl (replaced).
 """
 
 import argparse
 import glob
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -126,8 +129,11 @@ def memory(args, out):
         bl.log(f"RLIMIT_NOFILE hard limit is {hard}: measuring {conns} connections instead of {args.conns}")
     maps = int(open("/proc/sys/vm/max_map_count").read())
     note = None
-    if maps < 2 * conns + 10000:
-        want = 1 << (2 * conns + 65536).bit_length()
+    release = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    guard_regions = release is not None and tuple(map(int, release.groups())) >= (6, 13)
+    fibers = max(args.conns, conns)
+    if not guard_regions and maps < 2 * fibers + 10000:
+        want = 1 << (2 * fibers + 65536).bit_length()
         if os.geteuid() == 0:
             subprocess.run(["sysctl", "-w", f"vm.max_map_count={want}"], check=False)
             note = f"vm.max_map_count raised from {maps} to {want}"
@@ -135,7 +141,8 @@ def memory(args, out):
         else:
             sys.exit(f"vm.max_map_count is {maps}; run `sysctl -w vm.max_map_count={want}` as root")
     for backend in ("uring", "epoll"):
-        cmd = [bl.bin_path("memory"), "--backend", backend, "--conns", str(conns)]
+        cmd = [bl.bin_path("memory"), "--backend", backend, "--conns", str(conns),
+               "--fibers", str(fibers)]
         if args.cq_entries and backend == "uring":
             cmd += ["--cq-entries", str(args.cq_entries)]
         res, _ = run_marked(cmd, None, 900)

@@ -38,9 +38,12 @@
 //!
 //! Each fiber has its own stack (64 KiB by default, see [`crate::LoopBuilder::stack_size`] and
 //! [`Builder::stack_size`]) with a guard page below it; finished fibers' stacks are pooled and
-//! reused. Each stack is two memory mappings, and the kernel limits mappings per process
-//! (`vm.max_map_count`, 65530 by default), so about 32,000 fibers can exist at once unless that
-//! limit is raised; spawning beyond it fails with an error that says so.
+//! reused. On Linux 6.13 and later the guard page is a guard region (`MADV_GUARD_INSTALL`), so
+//! a stack is one memory mapping and neighbouring stacks merge into one: the kernel's limit on
+//! mappings per process (`vm.max_map_count`, 65,530 by default) does not bound the number of
+//! fibers. On older kernels the guard is a `PROT_NONE` mapping of its own, each stack takes two
+//! mappings, and about 32,000 fibers can exist at once unless that limit is raised; spawning
+//! beyond it fails with an error that says so.
 //!
 //! A fiber that overflows its stack hits the guard page: fdloop prints `fdloop: a fiber
 //! overflowed its stack (guard page hit at 0x…); give it a larger stack with
@@ -70,6 +73,7 @@ use crate::Loop;
 pub(crate) mod ops;
 mod overflow;
 pub(crate) mod scheduler;
+mod stack;
 mod unblock;
 
 pub use unblock::unblock;
@@ -235,8 +239,9 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// When the stack cannot be mapped (`ENOMEM`, typically the `vm.max_map_count` limit; the
-    /// message says so).
+    /// When the stack cannot be mapped: `ENOMEM` (out of memory, or on kernels before 6.13
+    /// typically the `vm.max_map_count` limit; the message says so), or `InvalidInput` for a
+    /// stack size above the maximum.
     pub fn spawn_on<T, F>(self, lp: &Loop, f: F) -> io::Result<JoinHandle<T>>
     where
         F: FnOnce() -> T + 'static,

@@ -1,7 +1,8 @@
 //! Stack-overflow reports for fibers.
 //!
-//! Every fiber stack has a guard page (mapped `PROT_NONE`) at its low end. A fiber that
-//! overflows its stack touches that page and the kernel raises `SIGSEGV`. Rust's own handler
+//! Every fiber stack has a guard page at its low end (a guard region on Linux 6.13 and later, a
+//! `PROT_NONE` page before: see `stack.rs`). A fiber that overflows its stack touches that page
+//! and the kernel raises `SIGSEGV`. Rust's own handler
 //! only knows thread stacks, so without help the process would die with a bare
 //! "Segmentation fault". fdloop therefore:
 //!
@@ -38,8 +39,8 @@
 //!
 //! The registry is a fixed array of atomic words (one per stack: the guard page's address with
 //! its length in 4 KiB units in the low bits), read by the handler with atomic loads only.
-//! It holds 65,536 stacks, twice what the default `vm.max_map_count` allows; stacks beyond
-//! that still work, only without the report.
+//! It holds 262,144 stacks (2 MiB of address space, whose pages become resident only as slots
+//! are used); stacks beyond that still work, only without the report.
 
 use std::cell::Cell;
 use std::cell::UnsafeCell;
@@ -51,8 +52,10 @@ use std::sync::{Mutex, Once};
 
 use corosensei::stack::{DefaultStack, Stack, StackPointer};
 
+use crate::fiber::stack;
+
 /// Registry capacity (stacks).
-const SLOTS: usize = 1 << 16;
+const SLOTS: usize = 1 << 18;
 
 /// The unit of a guard length in a registry word; guard pages are aligned to at least this,
 /// so the low bits of their address are free to hold the length.
@@ -127,14 +130,15 @@ pub(crate) struct GuardedStack {
 }
 
 impl GuardedStack {
-    /// Maps a stack of at least `size` bytes (see [`DefaultStack::new`]) and registers its
-    /// guard page; installs the fault handler on first use.
+    /// Maps a stack of at least `size` bytes (see [`stack::map`]) and registers its guard
+    /// page; installs the fault handler on first use.
     pub(crate) fn new(size: usize) -> io::Result<GuardedStack> {
         install_handler();
-        let stack = DefaultStack::new(size)?;
-        // corosensei's `DefaultStack` is one mapping whose lowest page is the PROT_NONE guard;
-        // `limit()` is the start of that mapping (the trait's limit includes guard pages).
-        let slot = register(stack.limit().get(), page_size());
+        let page = page_size();
+        let stack = stack::map(size, page)?;
+        // The guard is the mapping's lowest page; `limit()` is the start of the mapping (the
+        // trait's limit includes guard pages).
+        let slot = register(stack.limit().get(), page);
         Ok(GuardedStack { stack, slot })
     }
 }

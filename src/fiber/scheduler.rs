@@ -16,12 +16,13 @@ use fdloop_backends::{Op, OpId, OpSlab};
 
 use crate::event_loop::{Inner, OpKind};
 use crate::fiber::overflow::{self, GuardedStack};
+use crate::fiber::stack;
 use crate::fiber::JoinState;
 use crate::Loop;
 
 type Co = Coroutine<(), (), (), GuardedStack>;
 
-/// Stacks kept for reuse (each is two mappings: the stack and its guard page).
+/// Stacks kept for reuse (each one mapping, or two on kernels without guard regions).
 const POOLED_STACKS: usize = 1024;
 
 /// The largest fiber stack accepted (1 GiB of address space).
@@ -142,12 +143,15 @@ impl Fibers {
             }
         }
         GuardedStack::new(size).map_err(|e| {
-            let hint = if e.raw_os_error() == Some(libc::ENOMEM) {
-                " — each fiber stack is two memory mappings (stack + guard page) and the \
-                 kernel limits mappings per process (vm.max_map_count, 65530 by default); \
-                 raise it with `sysctl vm.max_map_count=…`, or use fewer fibers"
-            } else {
+            let hint = if e.raw_os_error() != Some(libc::ENOMEM) {
                 ""
+            } else if stack::guard_regions() {
+                " — out of memory, or of memory mappings (vm.max_map_count)"
+            } else {
+                " — on this kernel each fiber stack is two memory mappings (stack + guard \
+                 page; Linux 6.13 and later make it one) and the kernel limits mappings per \
+                 process (vm.max_map_count, 65530 by default); raise it with \
+                 `sysctl vm.max_map_count=…`, or use fewer fibers"
             };
             io::Error::new(
                 e.kind(),

@@ -2,12 +2,18 @@
 //! the process's resident memory (`VmRSS`) before and after.
 //!
 //! ```text
-//! memory [--backend uring|epoll] [--conns 100000] [--stack 65536] [--buf 1024]
+//! memory [--backend uring|epoll] [--conns 100000] [--fibers F] [--stack 65536] [--buf 1024]
 //!        [--cq-entries N] [--probes 8]
 //! ```
 //!
-//! Each fiber stack is two memory mappings (stack + guard page), so 100,000 fibers need
-//! `vm.max_map_count` above 200,000 (the default is 65,530), and N fds: the process raises
+//! `--fibers F` (more than N) first parks F − N fibers without a connection, each waiting on a
+//! `Notify` with a 1 KiB buffer on its stack (as a connection fiber has by default): where
+//! the fd limit stops the connections short of F, the loop still holds F fibers, and the
+//! result gives the resident memory of both kinds apart.
+//!
+//! On Linux 6.13 and later a fiber stack is one memory mapping and neighbouring stacks merge
+//! (guard regions); on older kernels each is two, so 100,000 fibers need `vm.max_map_count`
+//! above 200,000 (the default is 65,530). N connections need N fds: the process raises
 //! `RLIMIT_NOFILE` up to its hard limit (raising the hard limit itself needs
 //! `CAP_SYS_RESOURCE`). The clients are `holdconns` child processes (15,000 connections each)
 //! connecting to five listeners (one port cannot take 100,000 connections from one address:
@@ -21,9 +27,12 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use fdloop::sync::Notify;
 use fdloop::Loop;
 use fdloop_bench::fdloop_echo::accept_fibers;
-use fdloop_bench::{backend_arg, clients, proc_status, wait_accepted, Args};
+use fdloop_bench::{
+    backend_arg, clients, guard_regions, mappings, proc_status, wait_accepted, Args,
+};
 
 const LISTENERS: usize = 5;
 
@@ -37,16 +46,17 @@ fn main() -> std::io::Result<()> {
     let stack: usize = args.get("stack", 64 * 1024);
     let buf: usize = args.get("buf", 1024);
     let probes: usize = args.get("probes", 8);
+    let fibers: usize = args.get("fibers", conns).max(conns);
     let maps: u64 = std::fs::read_to_string("/proc/sys/vm/max_map_count")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
-    if maps < 2 * conns as u64 + 10_000 {
+    if !guard_regions() && maps < 2 * fibers as u64 + 10_000 {
         eprintln!(
-            "vm.max_map_count is {maps}; {conns} fibers need about {} mappings: \
-             run `sysctl -w vm.max_map_count={}` (or use fewer --conns)",
-            2 * conns,
-            (2 * conns + 65_536).next_power_of_two()
+            "vm.max_map_count is {maps}; on this kernel {fibers} fibers need about {} mappings: \
+             run `sysctl -w vm.max_map_count={}` (or use fewer --fibers / --conns)",
+            2 * fibers,
+            (2 * fibers + 65_536).next_power_of_two()
         );
         std::process::exit(2);
     }
@@ -65,6 +75,25 @@ fn main() -> std::io::Result<()> {
         .cq_entries(args.get("cq-entries", 1024))
         .build()?;
     let rss_start = rss_kib();
+
+    // Fibers without a connection, parked as a connection's fiber is in its read.
+    let extra = fibers - conns;
+    let park = Rc::new(Notify::new());
+    let parked = Rc::new(Cell::new(0usize));
+    for _ in 0..extra {
+        let (park, parked) = (park.clone(), parked.clone());
+        lp.spawn(move || {
+            let mut buf = [0u8; 1024];
+            std::hint::black_box(&mut buf);
+            parked.set(parked.get() + 1);
+            let _ = park.notified();
+        });
+    }
+    while parked.get() < extra {
+        lp.run_for(Duration::from_millis(10))?;
+    }
+    let rss_parked = rss_kib();
+
     let accepted = Rc::new(Cell::new(0usize));
     let mut addrs: Vec<SocketAddr> = Vec::new();
     for _ in 0..LISTENERS {
@@ -91,6 +120,7 @@ fn main() -> std::io::Result<()> {
     lp.run_for(Duration::from_millis(500))?;
     let rss_end = rss_kib();
     let hwm = proc_status("/proc/self/status", "VmHWM").unwrap_or(0);
+    let maps_used = mappings();
     let n = accepted.get();
 
     let idx = if stalled {
@@ -113,16 +143,25 @@ fn main() -> std::io::Result<()> {
     };
 
     let per_conn = if n > 0 {
-        (rss_end.saturating_sub(rss_start)) as f64 * 1024.0 / n as f64
+        (rss_end.saturating_sub(rss_parked)) as f64 * 1024.0 / n as f64
+    } else {
+        0.0
+    };
+    let per_parked = if extra > 0 {
+        (rss_parked.saturating_sub(rss_start)) as f64 * 1024.0 / extra as f64
     } else {
         0.0
     };
     println!(
         "{{\"bench\":\"memory\",\"backend\":\"{}\",\"conns\":{n},\"stack\":{stack},\"buf\":{buf},\
-         \"rss_start_kib\":{rss_start},\"rss_kib\":{rss_end},\"hwm_kib\":{hwm},\
-         \"bytes_per_conn\":{per_conn:.0},\"connect_s\":{connect_s:.2},\
+         \"parked_fibers\":{extra},\"fibers\":{},\"mappings\":{maps_used},\
+         \"guard_regions\":{},\"rss_start_kib\":{rss_start},\"rss_parked_kib\":{rss_parked},\
+         \"rss_kib\":{rss_end},\"hwm_kib\":{hwm},\"bytes_per_conn\":{per_conn:.0},\
+         \"bytes_per_parked_fiber\":{per_parked:.0},\"connect_s\":{connect_s:.2},\
          \"accept_stalled\":{stalled},\"probes\":{},\"probes_answered\":{answered}}}",
         lp.backend().kind.short_name(),
+        extra + n,
+        guard_regions(),
         idx.len(),
     );
     std::process::exit(0);
