@@ -117,7 +117,7 @@ fn in_guard(addr: usize) -> bool {
     })
 }
 
-fn page_size() -> usize {
+pub(super) fn page_size() -> usize {
     // SAFETY: (FFI) sysconf takes no pointers.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(n).unwrap_or(UNIT).max(UNIT)

@@ -41,7 +41,7 @@ pub(crate) fn guard_regions() -> bool {
 /// The OS error of mapping the stack (`ENOMEM`: out of memory or of mappings).
 pub(crate) fn map(size: usize, page: usize) -> io::Result<DefaultStack> {
     let stack = DefaultStack::new(size)?;
-    if GUARD_REGIONS.load(Ordering::Relaxed) {
+    if guard_regions() {
         // On error, `stack` is dropped: unmapped, never used.
         merge_guard(&stack, page)?;
     }
@@ -85,10 +85,7 @@ mod tests {
 
     use std::ptr;
 
-    fn page() -> usize {
-        // SAFETY: (FFI) sysconf takes no pointers.
-        unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
-    }
+    use crate::fiber::overflow::page_size as page;
 
     /// The permissions (`rw-p`, `---p` …) of this process's mappings that overlap
     /// `[start, end)`, lowest first.
